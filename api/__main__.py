@@ -1,0 +1,42 @@
+"""`python -m api`: serve the API under gunicorn on API_HOST:API_PORT.
+
+The compose file and the local runner both start the API with this command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from services.settings import get_settings
+
+
+def gunicorn_command() -> list[str]:
+    settings = get_settings()
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{settings.api_host}:{settings.api_port}",
+        "--workers",
+        str(settings.api_workers),
+        # Threads, because /lab/delay and slow clients wait on I/O; they must not block
+        # the whole worker.
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "32",
+        "--access-logfile",
+        "-",
+        "api.app:create_app()",
+    ]
+
+
+def main() -> None:
+    argv = gunicorn_command()
+    os.execv(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main()

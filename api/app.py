@@ -1,0 +1,43 @@
+"""The Flask application factory: `create_app(settings)`, one blueprint per resource."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, Response, json
+
+from api import catalog, health, jobs, lab, pools
+from api.context import ApiContext
+from api.errors import install_error_handlers
+from api.openapi import spec
+from services.broker import make_celery
+from services.jobs import JobStore
+from services.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    app = Flask("jobrunner")
+    # Flask answers 413 for a larger body before any view reads it.
+    app.config["MAX_CONTENT_LENGTH"] = settings.job_max_body_bytes
+    client = redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
+    )
+    app.extensions["jobrunner"] = ApiContext(
+        settings=settings,
+        store=JobStore(client, settings.job_result_ttl),
+        celery=make_celery(settings),
+    )
+    for module in (jobs, catalog, pools, health, lab):
+        app.register_blueprint(module.blueprint)
+    install_error_handlers(app)
+    spec.register(app)
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        """The OpenAPI 3.1 document of this API."""
+        return Response(json.dumps(spec.spec), mimetype="application/json")
+
+    logging.basicConfig(level=logging.INFO)
+    return app

@@ -1,0 +1,110 @@
+"""Errors as `application/problem+json` (RFC 9457). No stack trace ever reaches a client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from flask import Flask, Response, json
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ProblemBody(BaseModel):
+    """The body of every error response."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class Problem(Exception):
+    """Raised anywhere in a request to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+        self.errors, self.headers = errors, headers or {}
+
+    def response(self) -> Response:
+        slug = self.title.lower().replace(" ", "-")
+        body = ProblemBody(
+            type=f"urn:jobrunner:problem:{slug}",
+            title=self.title,
+            status=self.status,
+            detail=self.detail,
+            errors=self.errors,
+        )
+        payload = body.model_dump(exclude_none=True)
+        return Response(
+            json.dumps(payload), self.status, mimetype=PROBLEM_JSON, headers=self.headers
+        )
+
+
+def validation_problem(exc: ValidationError, prefix: str = "") -> Problem:
+    """A 422 naming each failing field (dotted path) and why it failed."""
+    errors = []
+    for item in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        errors.append(FieldError(field=path or "body", message=item["msg"]))
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return Problem(422, "Validation failed", detail, errors)
+
+
+def install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(Problem)
+    def _problem(exc: Problem) -> Response:
+        return exc.response()
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        detail = exc.description or exc.name
+        if code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            detail = f"the request body is larger than JOB_MAX_BODY_BYTES ({limit} bytes)"
+        response = Problem(code, exc.name, detail).response()
+        if code == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError) -> Response:
+        log.warning("Redis unavailable: %s", exc)
+        return Problem(
+            503,
+            "Service Unavailable",
+            "the job store (Redis) is not reachable; try again",
+            headers={"Retry-After": "1"},
+        ).response()
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return Problem(
+            500, "Internal Server Error", "an unexpected error; see the API log"
+        ).response()
+
+
+def problem_responses(*codes: int) -> dict[str, Any]:
+    """Spectree response entries documenting problem bodies for these status codes."""
+    return {f"HTTP_{code}": ProblemBody for code in codes}

@@ -1,0 +1,156 @@
+"""/jobs: submit, read, list and cancel jobs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, request, url_for
+from pydantic import ValidationError
+from spectree import Response as SpecResponse
+
+from api.context import api_context
+from api.errors import Problem, problem_responses, validation_problem
+from api.models import JobListQuery, JobPage, JobSubmission
+from api.openapi import spec
+from services.jobs import JobRecord, JobState
+from services.pools import POOLS
+from services.submission import BrokerUnavailable, submit_job
+from services.workloads import WorkloadError, get_workload
+
+blueprint = Blueprint("jobs", __name__)
+
+
+def json_body() -> Any:
+    """The request body parsed as JSON, or a 400 saying why it is not."""
+    raw = request.get_data(cache=True)  # 413 from Flask if over JOB_MAX_BODY_BYTES
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}") from None
+
+
+def parse_submission(body: Any) -> JobSubmission:
+    """Validate the envelope and the workload's params; 422 names the failing field."""
+    if not isinstance(body, dict):
+        raise Problem(422, "Validation failed", "the body must be a JSON object")
+    try:
+        submission = JobSubmission.model_validate(body)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+    try:
+        get_workload(submission.workload).validate(submission.params)
+    except ValidationError as exc:
+        raise validation_problem(exc, prefix="params") from None
+    except WorkloadError as exc:
+        raise Problem(422, "Validation failed", f"params.url: {exc}") from None
+    return submission
+
+
+def record_response(record: JobRecord, status: int = 200) -> Response:
+    response = Response(record.model_dump_json(), status, mimetype="application/json")
+    if status == 202:
+        response.headers["Location"] = url_for("jobs.get_job", job_id=record.id)
+    return response
+
+
+def find_job(job_id: str) -> JobRecord:
+    record = api_context().store.get(job_id)
+    if record is None:
+        raise Problem(404, "Not Found", f"no job {job_id!r} (unknown, or expired after its TTL)")
+    return record
+
+
+@blueprint.post("/jobs")
+@spec.validate(
+    json=JobSubmission,
+    resp=SpecResponse(HTTP_202=JobRecord, **problem_responses(400, 413, 422, 503)),
+    tags=["jobs"],
+    skip_validation=True,
+)
+def create_job() -> Response:
+    """Submit a job; answers 202 with its record and a Location to poll."""
+    submission = parse_submission(json_body())
+    ctx = api_context()
+    try:
+        record = submit_job(
+            ctx.store, ctx.celery, submission.workload, submission.params, submission.pool
+        )
+    except BrokerUnavailable:
+        raise Problem(
+            503,
+            "Service Unavailable",
+            "Redis did not take the job; nothing was queued",
+            headers={"Retry-After": "1"},
+        ) from None
+    return record_response(record, 202)
+
+
+@blueprint.get("/jobs/<job_id>")
+@spec.validate(
+    resp=SpecResponse(HTTP_200=JobRecord, **problem_responses(404)),
+    tags=["jobs"],
+    skip_validation=True,
+)
+def get_job(job_id: str) -> Response:
+    """A job's state, pool, worker, timestamps, and result or error."""
+    return record_response(find_job(job_id))
+
+
+@blueprint.get("/jobs")
+@spec.validate(
+    query=JobListQuery,
+    resp=SpecResponse(HTTP_200=JobPage, **problem_responses(422)),
+    tags=["jobs"],
+    skip_validation=True,
+)
+def list_jobs() -> Response:
+    """Jobs, newest first, filtered and paged; follow next_cursor for the next page."""
+    try:
+        query = JobListQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+    jobs, next_cursor = api_context().store.list(
+        state=query.state,
+        pool=query.pool,
+        workload=query.workload,
+        limit=query.limit,
+        cursor=query.cursor,
+    )
+    page = JobPage(jobs=jobs, next_cursor=next_cursor)
+    return Response(page.model_dump_json(), 200, mimetype="application/json")
+
+
+@blueprint.delete("/jobs/<job_id>")
+@spec.validate(
+    resp=SpecResponse(HTTP_200=JobRecord, **problem_responses(404, 409)),
+    tags=["jobs"],
+    skip_validation=True,
+)
+def cancel_job(job_id: str) -> Response:
+    """Cancel: a queued job never runs; a running one is stopped where its pool can."""
+    ctx = api_context()
+    record = find_job(job_id)
+    answer = ctx.store.transition(job_id, {JobState.queued}, JobState.cancelled)
+    if answer is None:
+        raise Problem(404, "Not Found", f"no job {job_id!r}")
+    moved, previous = answer
+    if not moved and previous == JobState.running:
+        if POOLS[record.pool].terminate_running:
+            moved, previous = ctx.store.transition(job_id, {JobState.running}, JobState.cancelled)
+            if moved:
+                ctx.celery.control.revoke(job_id, terminate=True, signal="SIGTERM")
+        else:
+            ctx.store.set_fields(job_id, {"cancel_requested": True})
+            raise Problem(
+                409,
+                "Not stoppable",
+                f"job {job_id} is running on pool {record.pool!r}, which cannot stop a running "
+                "job; it is marked cancel_requested and will run to its end "
+                "(pools that can: "
+                + ", ".join(p.name for p in POOLS.values() if p.terminate_running)
+                + ")",
+            )
+    if not moved and previous in (JobState.succeeded, JobState.failed):
+        raise Problem(409, "Already finished", f"job {job_id} already {previous}")
+    return record_response(find_job(job_id))

@@ -1,0 +1,58 @@
+"""The Celery application both sides share: the API sends with it, the worker consumes.
+
+Only configuration lives here (no tasks), so importing it never drags worker code into the
+API. JSON only: pickle is never accepted, so a message cannot smuggle code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from services.settings import Settings, get_settings
+
+RUN_JOB_TASK = "jobrunner.run_job"
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    visibility = settings.job_visibility_timeout
+    return {
+        "broker_url": settings.redis_url,
+        # Our job record in Redis is the result store (with its own TTL); Celery's result
+        # backend would write a second copy of every result.
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # At least once: acknowledge after the job ran, and give a job back to the queue
+        # when the process running it dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {
+            # A message taken by a worker that vanished is delivered again after this.
+            "visibility_timeout": visibility,
+            # kombu sweeps for such messages every interval * throttle seconds; with the
+            # defaults (10 * 10) a short visibility timeout would still wait 100 s.
+            "unacked_restore_interval": max(1, min(10, visibility // 4)),
+            "unacked_restore_throttle": 1,
+        },
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("jobrunner")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@lru_cache(maxsize=1)
+def get_celery() -> Celery:
+    """The process-wide Celery app, configured from the environment."""
+    return make_celery(get_settings())

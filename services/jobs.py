@@ -1,0 +1,256 @@
+"""The job record and its store in Redis.
+
+A record is one Redis hash (`keys.job(id)`) with the job's TTL, plus its id in sorted sets
+scored by submission time: one for all jobs and one per pool, workload and state, so a
+filtered, paged listing reads only the ids it returns (its cost does not grow with the
+number of stored jobs). State changes are Lua scripts, so the API and a worker never both
+win a race (a cancel and a start, say).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, Field
+
+from services import keys
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+
+
+class JobError(BaseModel):
+    type: str = Field(..., description="Exception class, or a jobrunner reason.")
+    message: str
+
+
+class JobRecord(BaseModel):
+    id: str
+    workload: str
+    params: dict[str, Any]
+    pool: str
+    pool_chosen_by: Literal["client", "default"] = Field(
+        ..., description="'default' when the pool was picked from the workload's kind."
+    )
+    state: JobState
+    submitted_at: float = Field(..., description="Seconds since the epoch, on the API host.")
+    received_at: float | None = Field(None, description="When a worker took the message.")
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_host: str | None = Field(None, description="Host name of the worker's machine.")
+    worker_node: str | None = Field(None, description="Celery node name, e.g. gevent-1@host.")
+    worker_pid: int | None = None
+    attempts: int = Field(0, description="Deliveries to a worker; above 1 after a redelivery.")
+    cpu_seconds: float | None = Field(None, description="CPU time of the run, on its thread.")
+    result: Any = None
+    error: JobError | None = None
+    cancel_requested: bool = False
+
+
+_JSON_FIELDS = ("params", "result", "error")
+_OPTIONAL_FLOAT = ("received_at", "started_at", "finished_at", "cpu_seconds")
+
+
+def _encode(record: JobRecord) -> dict[str, str]:
+    data = record.model_dump(mode="json")
+    out: dict[str, str] = {}
+    for name, value in data.items():
+        if name in _JSON_FIELDS:
+            out[name] = json.dumps(value)
+        elif value is None:
+            continue
+        elif isinstance(value, bool):
+            out[name] = "1" if value else "0"
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _decode(raw: dict[str, str]) -> JobRecord:
+    data: dict[str, Any] = {k: v for k, v in raw.items() if k != "score"}
+    for name in _JSON_FIELDS:
+        if name in data:
+            data[name] = json.loads(data[name])
+    data["cancel_requested"] = data.get("cancel_requested") == "1"
+    return JobRecord.model_validate(data)
+
+
+def _score(submitted_at: float) -> int:
+    return int(submitted_at * 1_000_000)
+
+
+# Moves a job from one of the allowed states to a new one, setting fields as it goes, and
+# keeps the per-state index in step. Returns {moved (1/0), previous state}, or nil when
+# the record does not exist (expired, or never accepted).
+_TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+local allowed = false
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  if s == state then allowed = true end
+end
+if not allowed then return {0, state} end
+local id, new_state = ARGV[2], ARGV[3]
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+redis.call('HSET', KEYS[1], 'state', new_state, unpack(ARGV, 5))
+if state ~= new_state then
+  local score = redis.call('HGET', KEYS[1], 'score')
+  redis.call('ZREM', KEYS[2] .. state, id)
+  redis.call('ZADD', KEYS[2] .. new_state, score, id)
+end
+return {1, state}
+"""
+
+
+class JobStore:
+    """Job records in one Redis database."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+        self._transition = client.register_script(_TRANSITION)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def create(self, record: JobRecord, pipe: redis.client.Pipeline | None = None) -> None:
+        """Store a new record and index it; inside `pipe` when the caller batches."""
+        own = pipe is None
+        pipe = pipe if pipe is not None else self.redis.pipeline(transaction=True)
+        score = _score(record.submitted_at)
+        key = keys.job(record.id)
+        pipe.hset(key, mapping={**_encode(record), "score": str(score)})
+        pipe.expire(key, self.ttl)
+        oldest_kept = _score(time.time() - self.ttl)
+        for index in self._indexes(record):
+            pipe.zadd(index, {record.id: score})
+            # Ids whose record has expired leave the index here, so it stays the size of
+            # the records actually kept.
+            pipe.zremrangebyscore(index, "-inf", f"({oldest_kept}")
+        if own:
+            pipe.execute()
+
+    def delete(self, record: JobRecord) -> None:
+        """Remove a record that was never accepted (the broker refused its message)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(keys.job(record.id))
+        for index in self._indexes(record):
+            pipe.zrem(index, record.id)
+        pipe.execute()
+
+    def transition(
+        self,
+        job_id: str,
+        allowed_from: frozenset[JobState] | set[JobState],
+        to: JobState,
+        fields: dict[str, Any] | None = None,
+        count_attempt: bool = False,
+    ) -> tuple[bool, JobState] | None:
+        """Move a job to `to` if its state is in `allowed_from`.
+
+        Returns (moved, previous state), or None when the record does not exist.
+        """
+        args: list[Any] = [",".join(sorted(allowed_from)), job_id, str(to)]
+        args.append("1" if count_attempt else "0")
+        for name, value in (fields or {}).items():
+            args.extend([name, _field_value(name, value)])
+        answer = self._transition(keys=[keys.job(job_id), keys.job_index("state", "")], args=args)
+        if answer is None:
+            return None
+        moved, previous = answer
+        return bool(moved), JobState(previous.decode() if isinstance(previous, bytes) else previous)
+
+    def set_fields(self, job_id: str, fields: dict[str, Any]) -> None:
+        self.redis.hset(
+            keys.job(job_id), mapping={k: _field_value(k, v) for k, v in fields.items()}
+        )
+
+    # -- reading -----------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.redis.hgetall(keys.job(job_id))
+        return _decode(_text(raw)) if raw else None
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        pool: str | None = None,
+        workload: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> tuple[list[JobRecord], int | None]:
+        """A page of records, newest first, and the cursor of the next page (or None).
+
+        Reads the narrowest index among the filters; the other filters are checked on the
+        records read, a chunk at a time.
+        """
+        filters = {"state": state, "pool": pool, "workload": workload}
+        field = next((name for name, value in filters.items() if value is not None), None)
+        index = keys.job_index(field, filters[field]) if field else keys.job_index()
+        upper = f"({cursor}" if cursor is not None else "+inf"
+        page: list[JobRecord] = []
+        chunk = max(limit + 1, 32)
+        while len(page) <= limit:
+            rows = self.redis.zrange(
+                index, upper, "-inf", byscore=True, desc=True, offset=0, num=chunk, withscores=True
+            )
+            if not rows:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, _ in rows:
+                pipe.hgetall(keys.job(_text(job_id)))
+            for (_job_id, score), raw in zip(rows, pipe.execute(), strict=True):
+                upper = f"({int(score)}"
+                if not raw:
+                    continue  # expired since it was indexed
+                record = _decode(_text(raw))
+                if all(
+                    value is None or str(getattr(record, name)) == value
+                    for name, value in filters.items()
+                ):
+                    page.append(record)
+                    if len(page) > limit:
+                        break
+            if len(rows) < chunk:
+                break
+        if len(page) > limit:
+            page = page[:limit]
+            return page, _score(page[-1].submitted_at)
+        return page, None
+
+    @staticmethod
+    def _indexes(record: JobRecord) -> list[str]:
+        return [
+            keys.job_index(),
+            keys.job_index("pool", record.pool),
+            keys.job_index("workload", record.workload),
+            keys.job_index("state", str(record.state)),
+        ]
+
+
+def _field_value(name: str, value: Any) -> str:
+    if name in _JSON_FIELDS:
+        return json.dumps(value.model_dump() if isinstance(value, BaseModel) else value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _text(raw: Any) -> Any:
+    if isinstance(raw, bytes):
+        return raw.decode()
+    if isinstance(raw, dict):
+        return {_text(k): _text(v) for k, v in raw.items()}
+    return raw

@@ -1,0 +1,19 @@
+"""Every Redis key jobrunner writes, named in one place.
+
+Celery's own keys (queues `pool.<name>`, `unacked`, `_kombu.*`) are Celery's; these are ours.
+"""
+
+PREFIX = "jobrunner"
+
+
+def job(job_id: str) -> str:
+    """Hash holding one job record."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_index(field: str | None = None, value: str | None = None) -> str:
+    """Sorted set of job ids scored by submission time (microseconds): all jobs, or the
+    jobs with one pool / workload / state, so a filtered listing reads only its own ids."""
+    if field is None:
+        return f"{PREFIX}:jobs"
+    return f"{PREFIX}:jobs:{field}:{value}"

@@ -1,0 +1,28 @@
+"""`python -m worker --pool gevent`: start one worker process for a pool.
+
+The compose file and the local runner both start workers with this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from services.pools import POOLS
+from worker.profiles import worker_command
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--pool", required=True, choices=sorted(POOLS))
+    parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument("--name", default=None, help="Celery node name, e.g. gevent-2@%%h")
+    parser.add_argument("--loglevel", default=os.environ.get("WORKER_LOGLEVEL", "INFO"))
+    args = parser.parse_args()
+    argv = worker_command(args.pool, args.concurrency, args.name, args.loglevel)
+    # exec, so signals from compose or the local runner reach Celery itself.
+    os.execv(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The one Celery task: run a catalog workload for a job and record what happened.
+
+Everything the lab measures is recorded here, by the worker, not by the client: when the
+message was received, when the run started and finished, where (host, node, pid), which
+attempt this is, and the CPU time it used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from functools import lru_cache
+from typing import Any
+
+import redis
+from celery import Task
+from celery.signals import task_received
+
+from services import keys
+from services.broker import RUN_JOB_TASK, get_celery
+from services.jobs import JobError, JobState, JobStore
+from services.settings import get_settings
+from services.workloads import CATALOG
+
+log = logging.getLogger(__name__)
+app = get_celery()
+
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+"""
+
+
+@lru_cache(maxsize=1)
+def job_store() -> JobStore:
+    # Built on first use in each process: prefork children must not share the parent's
+    # sockets.
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    return JobStore(client, settings.job_result_ttl)
+
+
+@task_received.connect
+def _record_received(request: Any = None, **_: Any) -> None:
+    """Stamp the moment the worker took the message, before it waits for a free slot."""
+    if request is None or request.name != RUN_JOB_TASK:
+        return
+    store = job_store()
+    try:
+        store.redis.eval(_SET_IF_EXISTS, 1, keys.job(request.id), "received_at", time.time())
+    except redis.RedisError:
+        log.warning("could not stamp received_at for %s", request.id)
+
+
+@app.task(name=RUN_JOB_TASK, bind=True)
+def run_job(self: Task, job_id: str) -> None:
+    store = job_store()
+    claimed = store.transition(
+        job_id,
+        {JobState.queued, JobState.running},  # running: redelivered after a lost worker
+        JobState.running,
+        fields={
+            "started_at": time.time(),
+            "worker_host": socket.gethostname(),
+            "worker_node": self.request.hostname or "",
+            "worker_pid": os.getpid(),
+        },
+        count_attempt=True,
+    )
+    if claimed is None:
+        log.warning("job %s has no record (expired or never accepted); skipped", job_id)
+        return
+    moved, previous = claimed
+    if not moved:
+        # Cancelled while queued, or finished by an earlier delivery: never run twice.
+        log.info("job %s is %s; not run", job_id, previous)
+        return
+    record = store.get(job_id)
+    assert record is not None
+    workload = CATALOG[record.workload]
+    cpu_started = time.thread_time()
+    fields: dict[str, Any]
+    try:
+        result = workload.run(record.params)
+    except Exception as exc:  # any failure of the workload is the job's, not the worker's
+        final = JobState.failed
+        fields = {"error": JobError(type=type(exc).__name__, message=str(exc))}
+    else:
+        final = JobState.succeeded
+        fields = {"result": result}
+    fields["finished_at"] = time.time()
+    fields["cpu_seconds"] = round(time.thread_time() - cpu_started, 6)
+    store.transition(job_id, {JobState.running}, final, fields=fields)
