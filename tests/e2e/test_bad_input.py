@@ -1,0 +1,103 @@
+"""Every rejected request answers problem+json and leaves nothing behind in Redis."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from services.pools import POOLS
+from tests.stack import Stack
+
+
+def stored_jobs(stack: Stack) -> tuple[int, dict[str, int]]:
+    client = stack.redis()
+    records = sum(1 for _ in client.scan_iter("jobrunner:job:*", count=1000))
+    queues = {p.queue: client.llen(p.queue) for p in POOLS.values()}
+    return records, queues
+
+
+CASES = [
+    pytest.param(b"{not json", 400, None, id="malformed-json"),
+    pytest.param(b'["a list"]', 422, None, id="not-an-object"),
+    pytest.param(b'{"workload": "mine_bitcoin"}', 422, "workload", id="unknown-workload"),
+    pytest.param(
+        b'{"workload": "sleep", "params": {"seconds": 1}, "pool": "fibers"}',
+        422,
+        "pool",
+        id="unknown-pool",
+    ),
+    pytest.param(
+        b'{"workload": "sleep", "params": {"seconds": 3600}}',
+        422,
+        "params.seconds",
+        id="out-of-bounds",
+    ),
+    pytest.param(b'{"workload": "sleep", "params": {}}', 422, "params.seconds", id="missing"),
+    pytest.param(
+        b'{"workload": "cpu_hash", "params": {"rounds": 5, "extra": 1}}',
+        422,
+        "params.extra",
+        id="unknown-param",
+    ),
+    pytest.param(
+        b'{"workload": "http_get", "params": {"url": "http://169.254.169.254/"}}',
+        422,
+        None,
+        id="host-not-allowed",
+    ),
+    pytest.param(
+        b'{"workload": "noop", "params": {"value": "' + b"x" * 70_000 + b'"}}',
+        413,
+        None,
+        id="too-large",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "field"), CASES)
+def test_rejected_submission_is_a_problem_and_queues_nothing(
+    stack: Stack, body: bytes, status: int, field: str | None
+) -> None:
+    before = stored_jobs(stack)
+    response = requests.post(
+        f"{stack.url}/jobs", data=body, headers={"Content-Type": "application/json"}, timeout=10
+    )
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status
+    assert {"type", "title", "detail"} <= set(problem)
+    assert "Traceback" not in response.text
+    if field:
+        assert field in {e["field"] for e in problem["errors"]}, problem
+    assert stored_jobs(stack) == before
+
+
+def test_unknown_workload_names_the_allowed_values(stack: Stack) -> None:
+    response = requests.post(f"{stack.url}/jobs", json={"workload": "nope"}, timeout=10)
+    assert response.status_code == 422
+    for name in ("noop", "sleep", "http_get", "cpu_hash", "cpu_primes"):
+        assert name in response.json()["detail"]
+
+
+def test_unknown_job_is_404_problem(stack: Stack) -> None:
+    for method in ("get", "delete"):
+        response = requests.request(method, f"{stack.url}/jobs/no-such-job", timeout=10)
+        assert response.status_code == 404
+        assert response.headers["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    "query", [{"limit": 0}, {"limit": 10_000}, {"state": "sleeping"}, {"pool": "x"}]
+)
+def test_bad_listing_query_is_422(stack: Stack, query: dict) -> None:
+    response = requests.get(f"{stack.url}/jobs", params=query, timeout=10)
+    assert response.status_code == 422
+    assert response.headers["Content-Type"] == "application/problem+json"
+
+
+def test_wrong_method_and_path_are_problems(stack: Stack) -> None:
+    assert requests.put(f"{stack.url}/jobs", timeout=10).status_code == 405
+    missing = requests.get(f"{stack.url}/nowhere", timeout=10)
+    assert missing.status_code == 404
+    assert missing.headers["Content-Type"] == "application/problem+json"

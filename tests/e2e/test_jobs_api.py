@@ -1,0 +1,182 @@
+"""The jobs API end to end: real HTTP to gunicorn, real Celery workers, real Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+import requests
+
+from services.pools import POOLS
+from tests.stack import Stack
+
+PARAMS = {
+    "noop": {"value": {"hello": [1, 2]}},
+    "sleep": {"seconds": 0.05},
+    "cpu_hash": {"rounds": 1000},
+    "cpu_primes": {"below": 1000},
+}
+
+
+def expected_result(workload: str, params: dict) -> object:
+    if workload == "noop":
+        return params["value"]
+    if workload == "sleep":
+        return params["seconds"]
+    if workload == "cpu_hash":
+        digest = b"jobrunner"
+        for _ in range(params["rounds"]):
+            digest = hashlib.sha256(digest).digest()
+        return digest.hex()
+    if workload == "cpu_primes":
+        return 168  # primes below 1000
+    raise AssertionError(workload)
+
+
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_every_workload_runs_on_every_pool(stack: Stack, pool: str) -> None:
+    jobs = {w: stack.submit(w, p, pool=pool) for w, p in PARAMS.items()}
+    delay_url = f"{stack.url}/lab/delay?ms=30"
+    jobs["http_get"] = stack.submit("http_get", {"url": delay_url}, pool=pool)
+    records = dict(zip(jobs, stack.wait_for(j["id"] for j in jobs.values()), strict=True))
+    for workload, record in records.items():
+        assert record["state"] == "succeeded", record
+        assert record["pool"] == pool and record["pool_chosen_by"] == "client"
+        assert record["worker_node"].startswith(f"{pool}-")
+        assert record["worker_pid"] > 0 and record["attempts"] == 1
+        assert record["submitted_at"] <= record["started_at"] <= record["finished_at"]
+        assert record["received_at"] is not None
+        if workload != "http_get":
+            assert record["result"] == expected_result(workload, PARAMS[workload])
+    assert records["http_get"]["result"]["status"] == 200
+
+
+def test_submit_answers_202_with_location(stack: Stack) -> None:
+    response = requests.post(
+        f"{stack.url}/jobs", json={"workload": "noop", "params": {"value": 1}}, timeout=10
+    )
+    assert response.status_code == 202
+    record = response.json()
+    assert response.headers["Location"] == f"/jobs/{record['id']}"
+    assert record["state"] == "queued"
+    followed = requests.get(stack.url + response.headers["Location"], timeout=10)
+    assert followed.status_code == 200 and followed.json()["id"] == record["id"]
+
+
+@pytest.mark.parametrize(
+    ("workload", "params", "pool"),
+    [("sleep", {"seconds": 0}, "gevent"), ("cpu_primes", {"below": 10}, "prefork")],
+)
+def test_default_pool_follows_the_workload_kind(
+    stack: Stack, workload: str, params: dict, pool: str
+) -> None:
+    record = stack.submit(workload, params)
+    assert record["pool"] == pool and record["pool_chosen_by"] == "default"
+    (done,) = stack.wait_for([record["id"]])
+    assert done["state"] == "succeeded" and done["worker_node"].startswith(f"{pool}-")
+
+
+def test_a_failing_workload_is_reported_as_failed(stack: Stack) -> None:
+    # Port 9 (discard) on loopback refuses the connection: a real network error.
+    record = stack.submit("http_get", {"url": "http://127.0.0.1:9/", "timeout": 2}, pool="threads")
+    (done,) = stack.wait_for([record["id"]])
+    assert done["state"] == "failed"
+    assert done["error"]["type"] == "ConnectionError"
+    assert done["result"] is None
+
+
+def test_listing_is_newest_first_and_pages_without_gaps(stack: Stack) -> None:
+    ids = [stack.submit("noop", {"value": i}, pool="threads")["id"] for i in range(5)]
+    stack.wait_for(ids)
+    seen: list[str] = []
+    cursor = None
+    while len(seen) < 5:
+        query = {"workload": "noop", "pool": "threads", "limit": 2}
+        if cursor is not None:
+            query["cursor"] = cursor
+        page = requests.get(f"{stack.url}/jobs", params=query, timeout=10).json()
+        assert len(page["jobs"]) <= 2
+        assert all(j["workload"] == "noop" and j["pool"] == "threads" for j in page["jobs"])
+        seen.extend(j["id"] for j in page["jobs"])
+        cursor = page["next_cursor"]
+        assert cursor is not None or len(seen) >= 5, "paging ended before our five jobs"
+    assert len(seen) == len(set(seen))
+    assert seen[:5] == list(reversed(ids))
+
+    succeeded = requests.get(
+        f"{stack.url}/jobs", params={"state": "succeeded", "limit": 500}, timeout=10
+    ).json()
+    assert {j["state"] for j in succeeded["jobs"]} == {"succeeded"}
+    assert set(ids) <= {j["id"] for j in succeeded["jobs"]}
+
+
+def test_cancel_of_a_queued_job_means_it_never_runs(stack: Stack) -> None:
+    # prefork has 2 slots: two long jobs fill them, the third waits in the queue.
+    blockers = [stack.submit("sleep", {"seconds": 1.5}, pool="prefork") for _ in range(2)]
+    stack.wait_for([b["id"] for b in blockers], states={"running"})
+    queued = stack.submit("noop", {"value": "never"}, pool="prefork")
+    response = requests.delete(f"{stack.url}/jobs/{queued['id']}", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "cancelled"
+    stack.wait_for([b["id"] for b in blockers])
+    # Give the worker the time it needs to take the message it no longer has to run.
+    time.sleep(0.5)
+    record = stack.job(queued["id"])
+    assert record["state"] == "cancelled"
+    assert record["started_at"] is None and record["attempts"] == 0 and record["result"] is None
+
+
+def test_cancel_of_a_running_prefork_job_terminates_it(stack: Stack) -> None:
+    record = stack.submit("sleep", {"seconds": 30}, pool="prefork")
+    stack.wait_for([record["id"]], states={"running"})
+    response = requests.delete(f"{stack.url}/jobs/{record['id']}", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "cancelled"
+    # The slot is free again well before the 30 s the job asked for.
+    after = stack.submit("noop", {"value": "after"}, pool="prefork")
+    (done,) = stack.wait_for([after["id"]], timeout=20)
+    assert done["state"] == "succeeded"
+    assert stack.job(record["id"])["state"] == "cancelled"
+
+
+def test_cancel_of_a_running_thread_job_is_refused_honestly(stack: Stack) -> None:
+    record = stack.submit("sleep", {"seconds": 1}, pool="threads")
+    stack.wait_for([record["id"]], states={"running"})
+    response = requests.delete(f"{stack.url}/jobs/{record['id']}", timeout=10)
+    assert response.status_code == 409
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert "prefork" in response.json()["detail"]
+    assert stack.job(record["id"])["cancel_requested"] is True
+    (done,) = stack.wait_for([record["id"]])
+    assert done["state"] == "succeeded"
+
+
+def test_pools_lists_live_workers_and_capabilities(stack: Stack) -> None:
+    pools = {p["name"]: p for p in requests.get(f"{stack.url}/pools", timeout=10).json()["pools"]}
+    assert set(pools) == set(POOLS)
+    for name, pool in pools.items():
+        assert pool["queue"] == f"pool.{name}"
+        assert pool["workers"], f"no live worker listed for {name}"
+        assert all(w["concurrency"] >= 1 for w in pool["workers"])
+    assert pools["prefork"]["capabilities"]["terminate_running"] is True
+    assert pools["gevent"]["capabilities"]["hard_time_limit"] is False
+
+
+def test_workloads_are_listed_with_kind_and_schema(stack: Stack) -> None:
+    body = requests.get(f"{stack.url}/workloads", timeout=10).json()
+    catalog = {w["name"]: w for w in body["workloads"]}
+    assert set(catalog) == {"noop", "sleep", "http_get", "cpu_hash", "cpu_primes"}
+    assert catalog["sleep"]["kind"] == "io" and catalog["cpu_hash"]["kind"] == "cpu"
+    assert catalog["sleep"]["params_schema"]["properties"]["seconds"]["maximum"] == 60
+
+
+def test_health_readiness_and_openapi(stack: Stack) -> None:
+    assert requests.get(f"{stack.url}/healthz", timeout=10).json() == {"status": "ok"}
+    assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200
+    document = requests.get(f"{stack.url}/openapi.json", timeout=10).json()
+    assert document["openapi"].startswith("3.1")
+    for path in ("/jobs", "/jobs/{job_id}", "/pools", "/workloads", "/readyz"):
+        assert path in document["paths"], path
+    post = document["paths"]["/jobs"]["post"]
+    assert "202" in post["responses"] and "422" in post["responses"]

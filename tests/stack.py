@@ -1,0 +1,176 @@
+"""A real jobrunner stack for tests and benchmarks: redis-server, workers, the API.
+
+Every part is a real process started from the same commands `make run` uses; nothing is
+mocked. Tests talk to it over HTTP and read Redis directly only to check what is stored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from services.redis_server import RedisServer, free_port
+from worker.profiles import worker_command
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+@dataclass
+class WorkerProcess:
+    pool: str
+    node: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass
+class Stack:
+    """Redis + API + workers, all real processes, in `workdir`."""
+
+    workdir: Path
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    redis_server: RedisServer | None = None
+    api: subprocess.Popen[bytes] | None = None
+    api_port: int = 0
+    workers: list[WorkerProcess] = field(default_factory=list)
+    _counter: int = 0
+
+    # -- starting ----------------------------------------------------------------------
+
+    def start_redis(self) -> None:
+        self.redis_server = RedisServer(self.workdir / "redis").start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.redis_server is not None
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=self.redis_server.url,
+            API_HOST="127.0.0.1",
+            API_PORT=str(self.api_port),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.env_overrides)
+        return env
+
+    def start_api(self) -> None:
+        self.api_port = self.api_port or free_port()
+        log = (self.workdir / "api.log").open("ab")
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "api"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def start_worker(self, pool: str, concurrency: int | None = None) -> WorkerProcess:
+        self._counter += 1
+        node = f"{pool}-{self._counter}@test"
+        log_path = self.workdir / f"worker-{pool}-{self._counter}.log"
+        argv = worker_command(pool, concurrency, node, loglevel="INFO")
+        process = subprocess.Popen(
+            argv, env=self.env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT
+        )
+        worker = WorkerProcess(pool, node, process, log_path)
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the API answers and every started worker answers Celery's inspection."""
+        deadline = time.monotonic() + timeout
+        expected = {w.node for w in self.workers if w.process.poll() is None}
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                pools = requests.get(f"{self.url}/pools", timeout=5).json()["pools"]
+                live = {w["node"] for p in pools for w in p["workers"]}
+                if expected <= live:
+                    return
+            except (requests.RequestException, KeyError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"stack not ready in {timeout}s; logs in {self.workdir}")
+
+    def _check_alive(self) -> None:
+        if self.api is not None and self.api.poll() is not None:
+            raise RuntimeError(f"API exited: {(self.workdir / 'api.log').read_text()[-3000:]}")
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def stop_worker(self, worker: WorkerProcess, sig: int = signal.SIGTERM) -> None:
+        if worker.process.poll() is None:
+            worker.process.send_signal(sig)
+            try:
+                worker.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+        if worker in self.workers:
+            self.workers.remove(worker)
+
+    def stop(self) -> None:
+        for worker in list(self.workers):
+            self.stop_worker(worker)
+        if self.api is not None and self.api.poll() is None:
+            self.api.terminate()
+            self.api.wait(timeout=20)
+        if self.redis_server is not None:
+            self.redis_server.stop()
+
+    # -- talking to it -----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def redis(self) -> redis.Redis:
+        assert self.redis_server is not None
+        return redis.Redis.from_url(self.redis_server.url, decode_responses=True)
+
+    def submit(self, workload: str, params: dict[str, Any] | None = None, **extra: Any) -> dict:
+        body = {"workload": workload, "params": params or {}, **extra}
+        response = requests.post(f"{self.url}/jobs", json=body, timeout=10)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        response = requests.get(f"{self.url}/jobs/{job_id}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for(
+        self, job_ids: Iterable[str], timeout: float = 60.0, states: set[str] = FINAL
+    ) -> list[dict]:
+        """Poll until every job is in one of `states`; the records, in the given order."""
+        ids = list(job_ids)
+        pending = list(ids)
+        done: dict[str, dict] = {}
+        deadline = time.monotonic() + timeout
+        with requests.Session() as session:
+            while pending:
+                job_id = pending[0]
+                record = session.get(f"{self.url}/jobs/{job_id}", timeout=10).json()
+                if record.get("state") in states:
+                    done[job_id] = record
+                    pending.pop(0)
+                    continue
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} still {record.get('state')}: {record}")
+                time.sleep(0.05)
+        return [done[i] for i in ids]
+
+
+def makespan(records: list[dict]) -> float:
+    """From the first submission to the last finish, by the recorded timestamps."""
+    return max(r["finished_at"] for r in records) - min(r["submitted_at"] for r in records)
