@@ -11,11 +11,13 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import task_received
 
 from services import keys
@@ -25,7 +27,12 @@ from services.settings import get_settings
 from services.workloads import CATALOG
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 app = get_celery()
+
+# How long a job waits for Redis to come back before its message is handed back to the
+# queue. Long enough to ride out a Redis restart, short enough not to pin a slot forever.
+REDIS_PATIENCE_SECONDS = 60.0
 
 _SET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
@@ -53,20 +60,41 @@ def _record_received(request: Any = None, **_: Any) -> None:
         log.warning("could not stamp received_at for %s", request.id)
 
 
+def patiently(call: Callable[[], T]) -> T:
+    """Run a Redis call, retrying through an outage (a Redis restart, say).
+
+    If Redis stays away, the message is rejected with requeue: a job is never acknowledged
+    without its outcome stored. Should even the requeue fail, the message is still in
+    Celery's unacked set and comes back after the visibility timeout.
+    """
+    delay, deadline = 0.1, time.monotonic() + REDIS_PATIENCE_SECONDS
+    while True:
+        try:
+            return call()
+        except redis.RedisError as exc:
+            if time.monotonic() > deadline:
+                raise Reject(f"Redis unavailable: {exc}", requeue=True) from exc
+            log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self: Task, job_id: str) -> None:
     store = job_store()
-    claimed = store.transition(
-        job_id,
-        {JobState.queued, JobState.running},  # running: redelivered after a lost worker
-        JobState.running,
-        fields={
-            "started_at": time.time(),
-            "worker_host": socket.gethostname(),
-            "worker_node": self.request.hostname or "",
-            "worker_pid": os.getpid(),
-        },
-        count_attempt=True,
+    claimed = patiently(
+        lambda: store.transition(
+            job_id,
+            {JobState.queued, JobState.running},  # running: redelivered after a lost worker
+            JobState.running,
+            fields={
+                "started_at": time.time(),
+                "worker_host": socket.gethostname(),
+                "worker_node": self.request.hostname or "",
+                "worker_pid": os.getpid(),
+            },
+            count_attempt=True,
+        )
     )
     if claimed is None:
         log.warning("job %s has no record (expired or never accepted); skipped", job_id)
@@ -76,8 +104,10 @@ def run_job(self: Task, job_id: str) -> None:
         # Cancelled while queued, or finished by an earlier delivery: never run twice.
         log.info("job %s is %s; not run", job_id, previous)
         return
-    record = store.get(job_id)
-    assert record is not None
+    record = patiently(lambda: store.get(job_id))
+    if record is None:
+        log.warning("job %s expired while it was being claimed", job_id)
+        return
     workload = CATALOG[record.workload]
     cpu_started = time.thread_time()
     fields: dict[str, Any]
@@ -91,4 +121,4 @@ def run_job(self: Task, job_id: str) -> None:
         fields = {"result": result}
     fields["finished_at"] = time.time()
     fields["cpu_seconds"] = round(time.thread_time() - cpu_started, 6)
-    store.transition(job_id, {JobState.running}, final, fields=fields)
+    patiently(lambda: store.transition(job_id, {JobState.running}, final, fields=fields))

@@ -1,0 +1,94 @@
+"""No accepted job is lost: not when a worker is killed mid-job, not when Redis restarts.
+
+A stack of its own, with two workers per pool and a visibility timeout of a few seconds,
+so a job held by a dead worker comes back quickly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import requests
+
+from tests.stack import Stack
+
+VISIBILITY_TIMEOUT = 3
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(
+        tmp_path_factory.mktemp("faults"),
+        env_overrides={"JOB_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)},
+    )
+    try:
+        stack.start_redis()
+        stack.start_api()
+        for pool, concurrency in (("threads", 4), ("prefork", 1), ("gevent", 10)):
+            stack.start_worker(pool, concurrency)
+            stack.start_worker(pool, concurrency)
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork", "gevent"])
+def test_job_of_a_killed_worker_finishes_on_another(fault_stack: Stack, pool: str) -> None:
+    stack = fault_stack
+    record = stack.submit("sleep", {"seconds": 2}, pool=pool)
+    (running,) = stack.wait_for([record["id"]], states={"running"})
+    victim = next(w for w in stack.workers if w.node == running["worker_node"])
+    # kill -9 the worker's main process and, for prefork, the child running the job:
+    # what a machine crash or the OOM killer does.
+    doomed = [victim.pid, *(c.pid for c in psutil.Process(victim.pid).children(recursive=True))]
+    for pid in doomed:
+        os.kill(pid, signal.SIGKILL)
+    victim.process.wait(timeout=10)
+    stack.workers.remove(victim)
+
+    (done,) = stack.wait_for([record["id"]], timeout=60)
+    assert done["state"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert done["worker_node"] != victim.node
+    # The pool is whole again for the next test.
+    stack.start_worker(pool, 4 if pool == "threads" else 1 if pool == "prefork" else 10)
+    stack.wait_ready()
+
+
+def test_redis_restart_loses_no_accepted_job(fault_stack: Stack) -> None:
+    stack = fault_stack
+    assert stack.redis_server is not None
+    # Fill the prefork slots, so accepted jobs are still waiting in Redis when it stops.
+    accepted = [stack.submit("sleep", {"seconds": 1}, pool="prefork")["id"] for _ in range(4)]
+    accepted += [stack.submit("noop", {"value": i}, pool="threads")["id"] for i in range(10)]
+
+    stack.redis_server.stop(kill=True)
+    ready = requests.get(f"{stack.url}/readyz", timeout=15)
+    assert ready.status_code == 503
+    refused = requests.post(
+        f"{stack.url}/jobs", json={"workload": "noop", "params": {}}, timeout=15
+    )
+    assert refused.status_code == 503
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    listing = requests.get(f"{stack.url}/jobs", timeout=15)
+    assert listing.status_code == 503
+
+    time.sleep(1)
+    stack.redis_server.start()
+    deadline = time.monotonic() + 30
+    while requests.get(f"{stack.url}/readyz", timeout=15).status_code != 200:
+        assert time.monotonic() < deadline, "API did not recover after Redis came back"
+        time.sleep(0.2)
+
+    records = stack.wait_for(accepted, timeout=90)
+    assert [r["state"] for r in records] == ["succeeded"] * len(accepted)
+    # And the stack takes new work after the restart.
+    after = stack.submit("sleep", {"seconds": 0.1}, pool="gevent")
+    (done,) = stack.wait_for([after["id"]], timeout=60)
+    assert done["state"] == "succeeded"

@@ -1,0 +1,84 @@
+"""Settings from the environment, and the local runner's reading of the compose file."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.localstack import COMPOSE_FILE, compose_commands, parse_scale, plan
+from services.pools import POOLS
+from services.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_settings_defaults_work_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "JOB_RESULT_TTL", "JOB_HTTP_ALLOWED_HOSTS", "API_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.redis_url.startswith("redis://127.0.0.1")
+    assert settings.job_result_ttl == 86_400
+    assert settings.job_max_body_bytes == 65_536
+    assert settings.api_port == 8000
+
+
+def test_allowed_hosts_are_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOB_HTTP_ALLOWED_HOSTS", "api, Example.org ,")
+    assert Settings().job_http_allowed_hosts == ["api", "example.org"]
+
+
+def test_scale_parsing() -> None:
+    assert parse_scale("") == {"threads": 1, "prefork": 1, "gevent": 1}
+    assert parse_scale("gevent=3,threads=2") == {"threads": 2, "prefork": 1, "gevent": 3}
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_scale("fibers=2")
+
+
+def test_local_runner_starts_what_compose_starts() -> None:
+    commands = compose_commands()
+    assert set(commands) == {"api"} | {f"worker-{pool}" for pool in POOLS}
+    processes = plan(commands, parse_scale("gevent=2"))
+    names = [name for name, _ in processes]
+    assert names == ["api", "threads-1", "prefork-1", "gevent-1", "gevent-2"]
+    # Scaled workers get distinct Celery node names, as separate containers would.
+    gevent_nodes = [argv[-1] for name, argv in processes if name.startswith("gevent")]
+    assert gevent_nodes == ["gevent-1@%h", "gevent-2@%h"]
+
+
+def test_every_compose_command_exists_in_the_project() -> None:
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    for name, service in services.items():
+        if name == "redis":
+            continue
+        argv = service["command"].split()
+        assert argv[:2] == ["python", "-m"], name
+        assert importlib.util.find_spec(f"{argv[2]}.__main__") is not None, name
+        if argv[2] == "worker":
+            assert argv[3:] == ["--pool", name.removeprefix("worker-")]
+        # Scaling needs no fixed names or host ports on workers.
+        if name.startswith("worker-"):
+            assert "container_name" not in service and "ports" not in service
+        assert "healthcheck" in service, name
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY"):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), source
+
+
+def test_compose_file_is_valid() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must validate the compose file: install docker-compose")
+        pytest.skip("docker-compose is not installed (.ci/run installs it)")
+    result = subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), "config", "-q"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
