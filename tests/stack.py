@@ -48,6 +48,7 @@ class Stack:
     api_port: int = 0
     workers: list[WorkerProcess] = field(default_factory=list)
     _counter: int = 0
+    _http: requests.Session | None = None
 
     # -- starting ----------------------------------------------------------------------
 
@@ -93,7 +94,7 @@ class Stack:
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                pools = requests.get(f"{self.url}/pools", timeout=5).json()["pools"]
+                pools = self.http.get(f"{self.url}/pools", timeout=5).json()["pools"]
                 live = {w["node"] for p in pools for w in p["workers"]}
                 if expected <= live:
                     return
@@ -131,6 +132,13 @@ class Stack:
     # -- talking to it -----------------------------------------------------------------
 
     @property
+    def http(self) -> requests.Session:
+        """A client session carrying whatever every request needs (credentials)."""
+        if self._http is None:
+            self._http = requests.Session()
+        return self._http
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
@@ -140,12 +148,12 @@ class Stack:
 
     def submit(self, workload: str, params: dict[str, Any] | None = None, **extra: Any) -> dict:
         body = {"workload": workload, "params": params or {}, **extra}
-        response = requests.post(f"{self.url}/jobs", json=body, timeout=10)
+        response = self.http.post(f"{self.url}/jobs", json=body, timeout=10)
         assert response.status_code == 202, response.text
         return response.json()
 
     def job(self, job_id: str) -> dict:
-        response = requests.get(f"{self.url}/jobs/{job_id}", timeout=10)
+        response = self.http.get(f"{self.url}/jobs/{job_id}", timeout=10)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -157,17 +165,17 @@ class Stack:
         pending = list(ids)
         done: dict[str, dict] = {}
         deadline = time.monotonic() + timeout
-        with requests.Session() as session:
-            while pending:
-                job_id = pending[0]
-                record = session.get(f"{self.url}/jobs/{job_id}", timeout=10).json()
-                if record.get("state") in states:
-                    done[job_id] = record
-                    pending.pop(0)
-                    continue
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} still {record.get('state')}: {record}")
-                time.sleep(0.05)
+        session = self.http
+        while pending:
+            job_id = pending[0]
+            record = session.get(f"{self.url}/jobs/{job_id}", timeout=10).json()
+            if record.get("state") in states:
+                done[job_id] = record
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {record.get('state')}: {record}")
+            time.sleep(0.05)
         return [done[i] for i in ids]
 
 

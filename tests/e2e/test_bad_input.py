@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import requests
 
 from services.pools import POOLS
 from tests.stack import Stack
@@ -59,7 +58,7 @@ def test_rejected_submission_is_a_problem_and_queues_nothing(
     stack: Stack, body: bytes, status: int, field: str | None
 ) -> None:
     before = stored_jobs(stack)
-    response = requests.post(
+    response = stack.http.post(
         f"{stack.url}/jobs", data=body, headers={"Content-Type": "application/json"}, timeout=10
     )
     assert response.status_code == status, response.text
@@ -74,7 +73,7 @@ def test_rejected_submission_is_a_problem_and_queues_nothing(
 
 
 def test_unknown_workload_names_the_allowed_values(stack: Stack) -> None:
-    response = requests.post(f"{stack.url}/jobs", json={"workload": "nope"}, timeout=10)
+    response = stack.http.post(f"{stack.url}/jobs", json={"workload": "nope"}, timeout=10)
     assert response.status_code == 422
     for name in ("noop", "sleep", "http_get", "cpu_hash", "cpu_primes"):
         assert name in response.json()["detail"]
@@ -82,7 +81,7 @@ def test_unknown_workload_names_the_allowed_values(stack: Stack) -> None:
 
 def test_unknown_job_is_404_problem(stack: Stack) -> None:
     for method in ("get", "delete"):
-        response = requests.request(method, f"{stack.url}/jobs/no-such-job", timeout=10)
+        response = stack.http.request(method, f"{stack.url}/jobs/no-such-job", timeout=10)
         assert response.status_code == 404
         assert response.headers["Content-Type"] == "application/problem+json"
 
@@ -91,13 +90,13 @@ def test_unknown_job_is_404_problem(stack: Stack) -> None:
     "query", [{"limit": 0}, {"limit": 10_000}, {"state": "sleeping"}, {"pool": "x"}]
 )
 def test_bad_listing_query_is_422(stack: Stack, query: dict) -> None:
-    response = requests.get(f"{stack.url}/jobs", params=query, timeout=10)
+    response = stack.http.get(f"{stack.url}/jobs", params=query, timeout=10)
     assert response.status_code == 422
     assert response.headers["Content-Type"] == "application/problem+json"
 
 
 def test_wrong_method_and_path_are_problems(stack: Stack) -> None:
-    assert requests.put(f"{stack.url}/jobs", timeout=10).status_code == 405
-    missing = requests.get(f"{stack.url}/nowhere", timeout=10)
+    assert stack.http.put(f"{stack.url}/jobs", timeout=10).status_code == 405
+    missing = stack.http.get(f"{stack.url}/nowhere", timeout=10)
     assert missing.status_code == 404
     assert missing.headers["Content-Type"] == "application/problem+json"

@@ -6,7 +6,6 @@ import hashlib
 import time
 
 import pytest
-import requests
 
 from services.pools import POOLS
 from tests.stack import Stack
@@ -53,14 +52,14 @@ def test_every_workload_runs_on_every_pool(stack: Stack, pool: str) -> None:
 
 
 def test_submit_answers_202_with_location(stack: Stack) -> None:
-    response = requests.post(
+    response = stack.http.post(
         f"{stack.url}/jobs", json={"workload": "noop", "params": {"value": 1}}, timeout=10
     )
     assert response.status_code == 202
     record = response.json()
     assert response.headers["Location"] == f"/jobs/{record['id']}"
     assert record["state"] == "queued"
-    followed = requests.get(stack.url + response.headers["Location"], timeout=10)
+    followed = stack.http.get(stack.url + response.headers["Location"], timeout=10)
     assert followed.status_code == 200 and followed.json()["id"] == record["id"]
 
 
@@ -95,7 +94,7 @@ def test_listing_is_newest_first_and_pages_without_gaps(stack: Stack) -> None:
         query = {"workload": "noop", "pool": "threads", "limit": 2}
         if cursor is not None:
             query["cursor"] = cursor
-        page = requests.get(f"{stack.url}/jobs", params=query, timeout=10).json()
+        page = stack.http.get(f"{stack.url}/jobs", params=query, timeout=10).json()
         assert len(page["jobs"]) <= 2
         assert all(j["workload"] == "noop" and j["pool"] == "threads" for j in page["jobs"])
         seen.extend(j["id"] for j in page["jobs"])
@@ -104,7 +103,7 @@ def test_listing_is_newest_first_and_pages_without_gaps(stack: Stack) -> None:
     assert len(seen) == len(set(seen))
     assert seen[:5] == list(reversed(ids))
 
-    succeeded = requests.get(
+    succeeded = stack.http.get(
         f"{stack.url}/jobs", params={"state": "succeeded", "limit": 500}, timeout=10
     ).json()
     assert {j["state"] for j in succeeded["jobs"]} == {"succeeded"}
@@ -116,7 +115,7 @@ def test_cancel_of_a_queued_job_means_it_never_runs(stack: Stack) -> None:
     blockers = [stack.submit("sleep", {"seconds": 1.5}, pool="prefork") for _ in range(2)]
     stack.wait_for([b["id"] for b in blockers], states={"running"})
     queued = stack.submit("noop", {"value": "never"}, pool="prefork")
-    response = requests.delete(f"{stack.url}/jobs/{queued['id']}", timeout=10)
+    response = stack.http.delete(f"{stack.url}/jobs/{queued['id']}", timeout=10)
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "cancelled"
     stack.wait_for([b["id"] for b in blockers])
@@ -130,7 +129,7 @@ def test_cancel_of_a_queued_job_means_it_never_runs(stack: Stack) -> None:
 def test_cancel_of_a_running_prefork_job_terminates_it(stack: Stack) -> None:
     record = stack.submit("sleep", {"seconds": 30}, pool="prefork")
     stack.wait_for([record["id"]], states={"running"})
-    response = requests.delete(f"{stack.url}/jobs/{record['id']}", timeout=10)
+    response = stack.http.delete(f"{stack.url}/jobs/{record['id']}", timeout=10)
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "cancelled"
     # The slot is free again well before the 30 s the job asked for.
@@ -143,7 +142,7 @@ def test_cancel_of_a_running_prefork_job_terminates_it(stack: Stack) -> None:
 def test_cancel_of_a_running_thread_job_is_refused_honestly(stack: Stack) -> None:
     record = stack.submit("sleep", {"seconds": 1}, pool="threads")
     stack.wait_for([record["id"]], states={"running"})
-    response = requests.delete(f"{stack.url}/jobs/{record['id']}", timeout=10)
+    response = stack.http.delete(f"{stack.url}/jobs/{record['id']}", timeout=10)
     assert response.status_code == 409
     assert response.headers["Content-Type"] == "application/problem+json"
     assert "prefork" in response.json()["detail"]
@@ -153,7 +152,7 @@ def test_cancel_of_a_running_thread_job_is_refused_honestly(stack: Stack) -> Non
 
 
 def test_pools_lists_live_workers_and_capabilities(stack: Stack) -> None:
-    pools = {p["name"]: p for p in requests.get(f"{stack.url}/pools", timeout=10).json()["pools"]}
+    pools = {p["name"]: p for p in stack.http.get(f"{stack.url}/pools", timeout=10).json()["pools"]}
     assert set(pools) == set(POOLS)
     for name, pool in pools.items():
         assert pool["queue"] == f"pool.{name}"
@@ -164,7 +163,7 @@ def test_pools_lists_live_workers_and_capabilities(stack: Stack) -> None:
 
 
 def test_workloads_are_listed_with_kind_and_schema(stack: Stack) -> None:
-    body = requests.get(f"{stack.url}/workloads", timeout=10).json()
+    body = stack.http.get(f"{stack.url}/workloads", timeout=10).json()
     catalog = {w["name"]: w for w in body["workloads"]}
     assert set(catalog) == {"noop", "sleep", "http_get", "cpu_hash", "cpu_primes"}
     assert catalog["sleep"]["kind"] == "io" and catalog["cpu_hash"]["kind"] == "cpu"
@@ -172,9 +171,9 @@ def test_workloads_are_listed_with_kind_and_schema(stack: Stack) -> None:
 
 
 def test_health_readiness_and_openapi(stack: Stack) -> None:
-    assert requests.get(f"{stack.url}/healthz", timeout=10).json() == {"status": "ok"}
-    assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200
-    document = requests.get(f"{stack.url}/openapi.json", timeout=10).json()
+    assert stack.http.get(f"{stack.url}/healthz", timeout=10).json() == {"status": "ok"}
+    assert stack.http.get(f"{stack.url}/readyz", timeout=10).status_code == 200
+    document = stack.http.get(f"{stack.url}/openapi.json", timeout=10).json()
     assert document["openapi"].startswith("3.1")
     for path in ("/jobs", "/jobs/{job_id}", "/pools", "/workloads", "/readyz"):
         assert path in document["paths"], path

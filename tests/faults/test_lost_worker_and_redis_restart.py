@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-import requests
 
 from tests.stack import Stack
 
@@ -69,20 +68,20 @@ def test_redis_restart_loses_no_accepted_job(fault_stack: Stack) -> None:
     accepted += [stack.submit("noop", {"value": i}, pool="threads")["id"] for i in range(10)]
 
     stack.redis_server.stop(kill=True)
-    ready = requests.get(f"{stack.url}/readyz", timeout=15)
+    ready = stack.http.get(f"{stack.url}/readyz", timeout=15)
     assert ready.status_code == 503
-    refused = requests.post(
+    refused = stack.http.post(
         f"{stack.url}/jobs", json={"workload": "noop", "params": {}}, timeout=15
     )
     assert refused.status_code == 503
     assert refused.headers["Content-Type"] == "application/problem+json"
-    listing = requests.get(f"{stack.url}/jobs", timeout=15)
+    listing = stack.http.get(f"{stack.url}/jobs", timeout=15)
     assert listing.status_code == 503
 
     time.sleep(1)
     stack.redis_server.start()
     deadline = time.monotonic() + 30
-    while requests.get(f"{stack.url}/readyz", timeout=15).status_code != 200:
+    while stack.http.get(f"{stack.url}/readyz", timeout=15).status_code != 200:
         assert time.monotonic() < deadline, "API did not recover after Redis came back"
         time.sleep(0.2)
 
