@@ -8,6 +8,7 @@ import redis
 from flask import Flask, Response, json
 
 from api import catalog, health, jobs, lab, pools
+from api.auth import install_auth
 from api.context import ApiContext
 from api.errors import install_error_handlers
 from api.openapi import spec
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for module in (jobs, catalog, pools, health, lab):
         app.register_blueprint(module.blueprint)
     install_error_handlers(app)
+    install_auth(app)
     spec.register(app)
 
     @app.get("/openapi.json")

@@ -17,3 +17,13 @@ def job_index(field: str | None = None, value: str | None = None) -> str:
     if field is None:
         return f"{PREFIX}:jobs"
     return f"{PREFIX}:jobs:{field}:{value}"
+
+
+def rate_window(client_name: str, second: int) -> str:
+    """Counter of one API key's requests in one second (expires right after)."""
+    return f"{PREFIX}:rate:{client_name}:{second}"
+
+
+def idempotency(client_name: str, key: str) -> str:
+    """The job a client's Idempotency-Key was first used for."""
+    return f"{PREFIX}:idempotency:{client_name}:{key}"

@@ -7,9 +7,9 @@ The README lists them all; keep that table and this class in step.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -28,6 +28,19 @@ class Settings(BaseSettings):
         ge=2,
         description="Seconds before a job taken by a worker that vanished is delivered again.",
     )
+    jobrunner_auth: Literal["on", "off"] = Field(
+        "on", description="'off' lets anyone call every endpoint (logged as a warning)."
+    )
+    jobrunner_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys as NAME:SCOPES:SHA256HEX, comma separated; SCOPES joined by '+'.",
+    )
+    api_rate_limit: int = Field(
+        1_000, ge=0, description="Requests per second per API key; 0 turns the limit off."
+    )
+    job_max_time_limit: int = Field(
+        300, ge=1, description="Largest time_limit a job may ask for, in seconds."
+    )
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(8000, ge=1, le=65_535, description="Port the API binds to.")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
@@ -38,6 +51,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [host.strip().lower() for host in value.split(",") if host.strip()]
         return value
+
+    @field_validator("jobrunner_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _time_limits_fit_visibility(self) -> Settings:
+        # A job still running when its message becomes visible again would run twice.
+        if self.job_max_time_limit >= self.job_visibility_timeout:
+            raise ValueError(
+                f"JOB_MAX_TIME_LIMIT ({self.job_max_time_limit}) must be below "
+                f"JOB_VISIBILITY_TIMEOUT ({self.job_visibility_timeout})"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,7 @@ mocked. Tests talk to it over HTTP and read Redis directly only to check what is
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,25 @@ from services.redis_server import RedisServer, free_port
 from worker.profiles import worker_command
 
 FINAL = {"succeeded", "failed", "cancelled"}
+
+# API keys of the test stack, by name, with their scopes: one per scope boundary.
+TEST_KEYS = {
+    "admin": ("read+submit+admin", "test-admin-key"),
+    "submitter": ("read+submit", "test-submit-key"),
+    "reader": ("read", "test-read-key"),
+}
+
+
+def api_keys_setting() -> str:
+    """JOBRUNNER_API_KEYS for TEST_KEYS: hashes only, as an operator would configure."""
+    return ",".join(
+        f"{name}:{scopes}:{hashlib.sha256(secret.encode()).hexdigest()}"
+        for name, (scopes, secret) in TEST_KEYS.items()
+    )
+
+
+def bearer(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TEST_KEYS[name][1]}"}
 
 
 @dataclass
@@ -64,6 +84,7 @@ class Stack:
             API_HOST="127.0.0.1",
             API_PORT=str(self.api_port),
             PYTHONUNBUFFERED="1",
+            JOBRUNNER_API_KEYS=api_keys_setting(),
         )
         env.update(self.env_overrides)
         return env
@@ -136,6 +157,7 @@ class Stack:
         """A client session carrying whatever every request needs (credentials)."""
         if self._http is None:
             self._http = requests.Session()
+            self._http.headers.update(bearer("admin"))
         return self._http
 
     @property

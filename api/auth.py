@@ -1,0 +1,137 @@
+"""API keys with scopes, and a per-key rate limit kept in Redis.
+
+Keys are configured as SHA-256 hashes (JOBRUNNER_API_KEYS=NAME:SCOPES:HEX,...), so the
+environment never holds a usable secret; the presented key is hashed and compared with
+every configured hash in constant time. Scopes: `read` (GET), `submit` (create and
+retry jobs), `admin` (cancel, experiments). Without keys nobody gets in, unless the
+operator sets JOBRUNNER_AUTH=off explicitly, which is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+
+from flask import Flask, g, request
+
+from api.context import api_context
+from api.errors import Problem
+from services import keys
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("read", "submit", "admin")
+
+# Endpoints anyone may call: probes, the API's description, and the lab's delay target
+# (workers call it from http_get jobs, without credentials).
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "openapi", "lab.delay", "static"})
+# Where the method alone does not say it: cancelling is an operator's act, and so is
+# starting an experiment, which occupies every pool.
+SCOPE_OVERRIDES = {"jobs.cancel_job": "admin"}
+ADMIN_BLUEPRINTS = frozenset({"experiments"})
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    scopes: frozenset[str]
+    sha256: bytes
+
+
+def hash_key(secret: str) -> str:
+    """What goes into JOBRUNNER_API_KEYS for a key: its SHA-256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_keys(entries: list[str]) -> list[ApiKey]:
+    parsed = []
+    for entry in entries:
+        try:
+            name, scopes, digest = entry.split(":")
+            key = ApiKey(name, frozenset(scopes.split("+")), bytes.fromhex(digest))
+        except ValueError:
+            raise ValueError(
+                f"bad JOBRUNNER_API_KEYS entry {entry!r}: want NAME:SCOPES:HEX"
+            ) from None
+        unknown = key.scopes - set(SCOPES)
+        if unknown or len(key.sha256) != 32:
+            raise ValueError(f"bad JOBRUNNER_API_KEYS entry for {name!r}: scopes {sorted(unknown)}")
+        parsed.append(key)
+    return parsed
+
+
+def required_scope(endpoint: str, method: str) -> str:
+    if endpoint in SCOPE_OVERRIDES:
+        return SCOPE_OVERRIDES[endpoint]
+    if endpoint.split(".")[0] in ADMIN_BLUEPRINTS and method not in ("GET", "HEAD"):
+        return "admin"
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "read"
+    if method == "DELETE":
+        return "admin"
+    return "submit"
+
+
+def identify(configured: list[ApiKey], header: str | None) -> ApiKey | None:
+    if not header or not header.startswith("Bearer "):
+        return None
+    presented = hashlib.sha256(header.removeprefix("Bearer ").strip().encode()).digest()
+    found = None
+    for key in configured:  # no early exit: the time taken does not depend on which matched
+        if hmac.compare_digest(presented, key.sha256):
+            found = key
+    return found
+
+
+def enforce_rate_limit(client_name: str, limit: int) -> None:
+    """At most `limit` requests per second per key, counted in Redis so every API
+    process shares the count."""
+    if limit <= 0:
+        return
+    window = int(time.time())
+    counter = keys.rate_window(client_name, window)
+    pipe = api_context().store.redis.pipeline(transaction=False)
+    pipe.incr(counter)
+    pipe.expire(counter, 2)
+    count, _ = pipe.execute()
+    if count > limit:
+        raise Problem(
+            429, "Too Many Requests",
+            f"more than {limit} requests per second for key {client_name!r}",
+            headers={"Retry-After": "1"},
+        )  # fmt: skip
+
+
+def install_auth(app: Flask) -> None:
+    settings = app.extensions["jobrunner"].settings
+    configured = parse_keys(settings.jobrunner_api_keys)
+    auth_off = settings.jobrunner_auth == "off"
+    if auth_off:
+        log.warning("JOBRUNNER_AUTH=off: every endpoint is open to anyone who can reach it")
+    elif not configured:
+        log.warning("no JOBRUNNER_API_KEYS configured: every protected endpoint answers 401")
+
+    @app.before_request
+    def _authenticate() -> None:
+        endpoint = request.endpoint
+        if endpoint is None or endpoint in PUBLIC_ENDPOINTS or endpoint.startswith("openapi_"):
+            return  # unknown paths answer 404 on their own
+        if auth_off:
+            g.client_name = "anonymous"
+        else:
+            key = identify(configured, request.headers.get("Authorization"))
+            if key is None:
+                raise Problem(
+                    401, "Unauthorized", "send a valid key as 'Authorization: Bearer <key>'",
+                    headers={"WWW-Authenticate": 'Bearer realm="jobrunner"'},
+                )  # fmt: skip
+            scope = required_scope(endpoint, request.method)
+            if scope not in key.scopes:
+                raise Problem(
+                    403, "Forbidden", f"key {key.name!r} lacks the {scope!r} scope this needs"
+                )
+            g.client_name = key.name
+        enforce_rate_limit(g.client_name, settings.api_rate_limit)

@@ -1,0 +1,122 @@
+"""API keys and scopes on every endpoint of the OpenAPI document, and the rate limit."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from services.redis_server import free_port
+from tests.stack import Stack, bearer
+
+PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json", "/lab/delay"}
+
+
+def protected_operations(stack: Stack) -> list[tuple[str, str]]:
+    document = requests.get(f"{stack.url}/openapi.json", timeout=10).json()
+    operations = []
+    for path, methods in document["paths"].items():
+        if path in PUBLIC_PATHS or path.startswith("/apidoc"):
+            continue
+        concrete = re.sub(r"\{[^}]+\}", "no-such-id", path)
+        operations.extend((method.upper(), concrete) for method in methods)
+    return operations
+
+
+def test_openapi_and_probes_are_public(stack: Stack) -> None:
+    for path in PUBLIC_PATHS - {"/lab/delay"}:
+        assert requests.get(f"{stack.url}{path}", timeout=10).status_code == 200, path
+
+
+def test_every_protected_endpoint_wants_a_key(stack: Stack) -> None:
+    operations = protected_operations(stack)
+    assert ("POST", "/jobs") in operations and ("DELETE", "/jobs/no-such-id") in operations
+    for method, path in operations:
+        for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic x"}):
+            response = requests.request(method, f"{stack.url}{path}", headers=headers, timeout=10)
+            assert response.status_code == 401, (method, path, headers)
+            assert response.headers["Content-Type"] == "application/problem+json"
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_scopes_are_enforced_on_every_endpoint(stack: Stack) -> None:
+    for method, path in protected_operations(stack):
+        reader = requests.request(
+            method, f"{stack.url}{path}", headers=bearer("reader"), timeout=10
+        )
+        if method == "GET":
+            assert reader.status_code not in (401, 403), (method, path)
+        else:
+            assert reader.status_code == 403, (method, path)
+            assert "scope" in reader.json()["detail"]
+
+
+def test_submit_scope_cannot_cancel(stack: Stack) -> None:
+    record = requests.post(
+        f"{stack.url}/jobs", json={"workload": "noop"}, headers=bearer("submitter"), timeout=10
+    )
+    assert record.status_code == 202
+    job_url = f"{stack.url}/jobs/{record.json()['id']}"
+    assert requests.delete(job_url, headers=bearer("submitter"), timeout=10).status_code == 403
+    assert requests.get(job_url, headers=bearer("reader"), timeout=10).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def limited_api(stack: Stack) -> Iterator[str]:
+    """A second API process on the same Redis, limited to 3 requests per second per key."""
+    port = free_port()
+    env = {**stack.env, "API_PORT": str(port), "API_RATE_LIMIT": "3", "API_WORKERS": "2"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/healthz", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, "limited API did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(limited_api: str) -> None:
+    # Aligned to the start of a second, so the burst falls in one counting window.
+    time.sleep(1 - time.time() % 1)
+    with requests.Session() as session:
+        answers = [
+            session.get(f"{limited_api}/workloads", headers=bearer("reader"), timeout=10)
+            for _ in range(8)
+        ]
+    codes = [a.status_code for a in answers]
+    assert codes.count(200) >= 1 and 429 in codes, codes
+    assert codes.count(200) <= 3, codes  # the count is shared by both gunicorn workers
+    limited = next(a for a in answers if a.status_code == 429)
+    assert limited.headers["Retry-After"] == "1"
+    assert limited.headers["Content-Type"] == "application/problem+json"
+    # Another key has its own budget.
+    other = requests.get(f"{limited_api}/workloads", headers=bearer("submitter"), timeout=10)
+    assert other.status_code == 200
+
+
+def test_auth_off_is_explicit_and_warned(stack: Stack) -> None:
+    env = {**stack.env, "JOBRUNNER_AUTH": "off"}
+    code = "from api.app import create_app; create_app()"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "JOBRUNNER_AUTH=off" in result.stderr
+    assert os.environ.get("JOBRUNNER_AUTH") != "off"
