@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, g, request, url_for
 from pydantic import ValidationError
 from spectree import Response as SpecResponse
 
 from api.context import api_context
-from api.errors import Problem, problem_responses, validation_problem
+from api.errors import FieldError, Problem, problem_responses, validation_problem
 from api.models import JobListQuery, JobPage, JobSubmission
 from api.openapi import spec
+from services.idempotency import IdempotencyConflict, submit_once
 from services.jobs import JobRecord, JobState
 from services.pools import POOLS
-from services.submission import BrokerUnavailable, submit_job
+from services.submission import BrokerUnavailable, JobSpec, requeue_job, submit_job
 from services.workloads import WorkloadError, get_workload
 
 blueprint = Blueprint("jobs", __name__)
@@ -30,8 +31,9 @@ def json_body() -> Any:
         raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}") from None
 
 
-def parse_submission(body: Any) -> JobSubmission:
-    """Validate the envelope and the workload's params; 422 names the failing field."""
+def parse_submission(body: Any) -> JobSpec:
+    """Validate the envelope, the workload's params and what the pool must be able to
+    do; a 422 names the failing field."""
     if not isinstance(body, dict):
         raise Problem(422, "Validation failed", "the body must be a JSON object")
     try:
@@ -43,8 +45,34 @@ def parse_submission(body: Any) -> JobSubmission:
     except ValidationError as exc:
         raise validation_problem(exc, prefix="params") from None
     except WorkloadError as exc:
-        raise Problem(422, "Validation failed", f"params.url: {exc}") from None
-    return submission
+        raise field_problem("params.url", str(exc)) from None
+    if submission.time_limit is not None:
+        check_time_limit(submission.time_limit, submission.pool)
+    return JobSpec(**submission.model_dump())
+
+
+def field_problem(field: str, message: str) -> Problem:
+    return Problem(
+        422, "Validation failed", f"{field}: {message}", [FieldError(field=field, message=message)]
+    )
+
+
+def check_time_limit(time_limit: int, pool: str | None) -> None:
+    settings = api_context().settings
+    if time_limit > settings.job_max_time_limit:
+        raise field_problem(
+            "time_limit",
+            f"at most {settings.job_max_time_limit} s (JOB_MAX_TIME_LIMIT, kept below "
+            f"JOB_VISIBILITY_TIMEOUT={settings.job_visibility_timeout} s so a job still "
+            "running is never delivered twice)",
+        )
+    if pool is not None and not POOLS[pool].hard_time_limit:
+        able = ", ".join(p.name for p in POOLS.values() if p.hard_time_limit)
+        raise field_problem(
+            "time_limit",
+            f"pool {pool!r} cannot enforce a time limit (a thread or greenlet cannot be "
+            f"killed); pools that can: {able}",
+        )
 
 
 def record_response(record: JobRecord, status: int = 200) -> Response:
@@ -70,20 +98,58 @@ def find_job(job_id: str) -> JobRecord:
 )
 def create_job() -> Response:
     """Submit a job; answers 202 with its record and a Location to poll."""
-    submission = parse_submission(json_body())
+    job_spec = parse_submission(json_body())
+    ctx = api_context()
+    idempotency_key = request.headers.get("Idempotency-Key")
+    replayed = False
+    try:
+        if idempotency_key:
+            if len(idempotency_key) > 255:
+                raise field_problem("Idempotency-Key", "at most 255 characters")
+            record, replayed = submit_once(
+                ctx.store, ctx.celery, job_spec, g.client_name, idempotency_key
+            )
+        else:
+            record = submit_job(ctx.store, ctx.celery, job_spec)
+    except IdempotencyConflict:
+        raise field_problem(
+            "Idempotency-Key", "already used with a different request body"
+        ) from None
+    except BrokerUnavailable:
+        raise broker_problem() from None
+    response = record_response(record, 202)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def broker_problem() -> Problem:
+    return Problem(
+        503, "Service Unavailable", "Redis did not take the job; nothing was queued",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
+@blueprint.post("/jobs/<job_id>/retry")
+@spec.validate(
+    resp=SpecResponse(HTTP_202=JobRecord, **problem_responses(404, 409, 503)),
+    tags=["jobs"],
+    skip_validation=True,
+)
+def retry_job(job_id: str) -> Response:
+    """Queue a failed or cancelled job again, under the same id."""
+    record = find_job(job_id)
     ctx = api_context()
     try:
-        record = submit_job(
-            ctx.store, ctx.celery, submission.workload, submission.params, submission.pool
-        )
+        requeued = requeue_job(ctx.store, ctx.celery, job_id)
     except BrokerUnavailable:
+        raise broker_problem() from None
+    if requeued is None:
         raise Problem(
-            503,
-            "Service Unavailable",
-            "Redis did not take the job; nothing was queued",
-            headers={"Retry-After": "1"},
-        ) from None
-    return record_response(record, 202)
+            409, "Not retryable", f"job {job_id} is {record.state}; only failed or cancelled "
+            "jobs can be retried",
+        )  # fmt: skip
+    return record_response(requeued, 202)
 
 
 @blueprint.get("/jobs/<job_id>")

@@ -22,6 +22,18 @@ class JobSubmission(BaseModel):
     pool: PoolName | None = Field(
         None, description="Pool to run on; left out, the pool suited to the workload's kind."
     )
+    max_retries: int = Field(
+        0, ge=0, le=10, description="Retries after failures the workload marks retryable."
+    )
+    backoff: float = Field(
+        1.0, ge=0, le=300, description="Seconds; retry n waits backoff * 2**(n-1), jittered."
+    )
+    time_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Seconds before the job is killed (pools with hard_time_limit only); "
+        "at most JOB_MAX_TIME_LIMIT, which stays below JOB_VISIBILITY_TIMEOUT.",
+    )
 
 
 class JobListQuery(BaseModel):

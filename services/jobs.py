@@ -57,10 +57,18 @@ class JobRecord(BaseModel):
     result: Any = None
     error: JobError | None = None
     cancel_requested: bool = False
+    max_retries: int = Field(0, description="Retries allowed after retryable failures.")
+    backoff: float = Field(1.0, description="Base of the exponential backoff, seconds.")
+    time_limit: int | None = Field(None, description="Seconds before the job is killed.")
+    attempt_errors: list[JobError] = Field(
+        default_factory=list, description="The error of every failed attempt, oldest first."
+    )
 
 
-_JSON_FIELDS = ("params", "result", "error")
-_OPTIONAL_FLOAT = ("received_at", "started_at", "finished_at", "cpu_seconds")
+_JSON_FIELDS = ("params", "result", "error", "attempt_errors")
+# Fields the store keeps for itself: the index score, and when the message was last sent
+# again by services.reconcile.
+_STORE_ONLY = frozenset({"score", "dispatched_at"})
 
 
 def _encode(record: JobRecord) -> dict[str, str]:
@@ -79,7 +87,8 @@ def _encode(record: JobRecord) -> dict[str, str]:
 
 
 def _decode(raw: dict[str, str]) -> JobRecord:
-    data: dict[str, Any] = {k: v for k, v in raw.items() if k != "score"}
+    # An empty string is a field cleared by a transition (a retried job's finished_at).
+    data: dict[str, Any] = {k: v for k, v in raw.items() if k not in _STORE_ONLY and v != ""}
     for name in _JSON_FIELDS:
         if name in data:
             data[name] = json.loads(data[name])
@@ -241,7 +250,11 @@ class JobStore:
 
 
 def _field_value(name: str, value: Any) -> str:
+    if value is None and name not in _JSON_FIELDS:
+        return ""
     if name in _JSON_FIELDS:
+        if isinstance(value, list):
+            value = [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
         return json.dumps(value.model_dump() if isinstance(value, BaseModel) else value)
     if isinstance(value, bool):
         return "1" if value else "0"

@@ -115,6 +115,8 @@ class Workload:
     params: type[BaseModel]
     function: Callable[..., Any]
     description: str
+    # Failures worth another attempt (the network blinked), as opposed to bad input.
+    retryable: tuple[type[BaseException], ...] = ()
 
     def validate(self, params: dict[str, Any]) -> BaseModel:
         """Parse params into the workload's model; raises pydantic.ValidationError."""
@@ -137,7 +139,14 @@ CATALOG: dict[str, Workload] = {
     for w in (
         Workload("noop", "io", NoopParams, noop, "Returns its input; measures overhead."),
         Workload("sleep", "io", SleepParams, sleep, "Blocking time.sleep, the I/O stand-in."),
-        Workload("http_get", "io", HttpGetParams, http_get, "A real blocking HTTP GET."),
+        Workload(
+            "http_get",
+            "io",
+            HttpGetParams,
+            http_get,
+            "A real blocking HTTP GET.",
+            retryable=(requests.ConnectionError, requests.Timeout),
+        ),
         Workload("cpu_hash", "cpu", CpuHashParams, cpu_hash, "Chained sha256, pure CPU."),
         Workload("cpu_primes", "cpu", CpuPrimesParams, cpu_primes, "Counts primes, pure Python."),
     )

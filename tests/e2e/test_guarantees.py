@@ -1,0 +1,115 @@
+"""Idempotent submission, retries with backoff, and time limits where a pool can kill."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.stack import Stack
+
+REFUSED_URL = "http://127.0.0.1:9/"  # nothing listens on the discard port: connection refused
+
+
+def post_job(stack: Stack, body: dict, key: str | None = None):
+    headers = {"Idempotency-Key": key} if key else {}
+    return stack.http.post(f"{stack.url}/jobs", json=body, headers=headers, timeout=10)
+
+
+def test_idempotency_key_returns_the_same_job(stack: Stack) -> None:
+    body = {"workload": "noop", "params": {"value": "once"}}
+    first = post_job(stack, body, "order-42")
+    again = post_job(stack, body, "order-42")
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    other = post_job(stack, {**body, "params": {"value": "different"}}, "order-42")
+    assert other.status_code == 422
+    assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+
+
+def test_concurrent_requests_with_one_key_make_one_job(stack: Stack) -> None:
+    body = {"workload": "sleep", "params": {"seconds": 0.01}}
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(lambda _: post_job(stack, body, "burst-1"), range(10)))
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["id"] for a in answers}) == 1
+    listed = stack.http.get(
+        f"{stack.url}/jobs", params={"workload": "sleep", "limit": 500}, timeout=10
+    ).json()["jobs"]
+    assert sum(1 for j in listed if j["params"] == {"seconds": 0.01}) == 1
+
+
+def test_retryable_failure_is_retried_then_failed_with_every_error(stack: Stack) -> None:
+    body = {
+        "workload": "http_get",
+        "params": {"url": REFUSED_URL, "timeout": 2},
+        "pool": "threads",
+        "max_retries": 2,
+        "backoff": 0.1,
+    }
+    record = post_job(stack, body).json()
+    (done,) = stack.wait_for([record["id"]], timeout=60)
+    assert done["state"] == "failed"
+    assert done["attempts"] == 3
+    assert [e["type"] for e in done["attempt_errors"]] == ["ConnectionError"] * 3
+    assert done["error"]["type"] == "ConnectionError"
+    # The worker keeps serving.
+    ok = stack.submit("noop", {"value": 1}, pool="threads")
+    assert stack.wait_for([ok["id"]])[0]["state"] == "succeeded"
+
+    # POST /jobs/<id>/retry queues it again, under the same id.
+    retried = stack.http.post(f"{stack.url}/jobs/{record['id']}/retry", timeout=10)
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["state"] == "queued"
+    (again,) = stack.wait_for([record["id"]], timeout=60)
+    assert again["state"] == "failed" and again["attempts"] > 3
+
+
+def test_bad_input_is_not_retried(stack: Stack) -> None:
+    # A workload error that is not retryable fails at once, whatever max_retries says.
+    body = {"workload": "cpu_primes", "params": {"below": 10}, "max_retries": 3}
+    record = post_job(stack, body).json()
+    (done,) = stack.wait_for([record["id"]])
+    assert done["state"] == "succeeded" and done["attempts"] == 1
+
+
+def test_retry_of_an_unfinished_job_is_409(stack: Stack) -> None:
+    record = stack.submit("noop", {"value": 1})
+    stack.wait_for([record["id"]])
+    answer = stack.http.post(f"{stack.url}/jobs/{record['id']}/retry", timeout=10)
+    assert answer.status_code == 409
+    assert answer.headers["Content-Type"] == "application/problem+json"
+
+
+def test_time_limit_kills_a_prefork_job(stack: Stack) -> None:
+    body = {"workload": "sleep", "params": {"seconds": 20}, "pool": "prefork", "time_limit": 1}
+    record = post_job(stack, body).json()
+    (done,) = stack.wait_for([record["id"]], timeout=30)
+    assert done["state"] == "failed"
+    assert done["error"]["type"] == "time_limit"
+    after = stack.submit("noop", {"value": "alive"}, pool="prefork")
+    assert stack.wait_for([after["id"]], timeout=30)[0]["state"] == "succeeded"
+
+
+def test_time_limit_on_a_pool_that_cannot_kill_is_422_naming_the_able_pools(
+    stack: Stack,
+) -> None:
+    for pool in ("threads", "gevent"):
+        body = {"workload": "sleep", "params": {"seconds": 1}, "pool": pool, "time_limit": 5}
+        answer = post_job(stack, body)
+        assert answer.status_code == 422
+        assert answer.json()["errors"][0]["field"] == "time_limit"
+        assert "prefork" in answer.json()["detail"]
+
+
+def test_time_limit_longer_than_the_visibility_timeout_allows_is_422(stack: Stack) -> None:
+    body = {"workload": "sleep", "params": {"seconds": 1}, "pool": "prefork", "time_limit": 3600}
+    answer = post_job(stack, body)
+    assert answer.status_code == 422
+    assert "JOB_VISIBILITY_TIMEOUT" in answer.json()["detail"]
+
+
+def test_time_limit_without_a_pool_picks_one_that_can_enforce_it(stack: Stack) -> None:
+    record = post_job(stack, {"workload": "sleep", "params": {"seconds": 0}, "time_limit": 5})
+    assert record.status_code == 202
+    assert record.json()["pool"] == "prefork"
