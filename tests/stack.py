@@ -51,6 +51,7 @@ class WorkerProcess:
     node: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    concurrency: int | None = None
 
     @property
     def pid(self) -> int:
@@ -104,9 +105,17 @@ class Stack:
         process = subprocess.Popen(
             argv, env=self.env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT
         )
-        worker = WorkerProcess(pool, node, process, log_path)
+        worker = WorkerProcess(pool, node, process, log_path, concurrency)
         self.workers.append(worker)
         return worker
+
+    def restart_dead_workers(self) -> list[WorkerProcess]:
+        """What compose's restart policy and the local runner do for a worker that exited."""
+        dead = [w for w in self.workers if w.process.poll() is not None]
+        for worker in dead:
+            self.workers.remove(worker)
+            self.start_worker(worker.pool, worker.concurrency)
+        return dead
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the API answers and every started worker answers Celery's inspection."""

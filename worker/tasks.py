@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -17,8 +18,8 @@ from typing import Any, TypeVar
 
 import redis
 from celery import Task
-from celery.exceptions import Reject
-from celery.signals import task_received
+from celery.exceptions import Reject, TimeLimitExceeded
+from celery.signals import task_failure, task_received
 
 from services import keys
 from services.broker import RUN_JOB_TASK, get_celery
@@ -82,10 +83,13 @@ def patiently(call: Callable[[], T]) -> T:
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self: Task, job_id: str) -> None:
     store = job_store()
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     claimed = patiently(
         lambda: store.transition(
             job_id,
-            {JobState.queued, JobState.running},  # running: redelivered after a lost worker
+            # A redelivery (the message came back after its worker was lost) may take over
+            # a running job; any other duplicate message finds the job no longer queued.
+            {JobState.queued, JobState.running} if redelivered else {JobState.queued},
             JobState.running,
             fields={
                 "started_at": time.time(),
@@ -108,17 +112,54 @@ def run_job(self: Task, job_id: str) -> None:
     if record is None:
         log.warning("job %s expired while it was being claimed", job_id)
         return
-    workload = CATALOG[record.workload]
     cpu_started = time.thread_time()
-    fields: dict[str, Any]
     try:
-        result = workload.run(record.params)
+        result = CATALOG[record.workload].run(record.params)
     except Exception as exc:  # any failure of the workload is the job's, not the worker's
+        error = JobError(type=type(exc).__name__, message=str(exc))
+        errors = [*record.attempt_errors, error]
+        common = {"attempt_errors": errors, "cpu_seconds": cpu_since(cpu_started)}
+        if is_retryable(record.workload, exc) and len(errors) <= record.max_retries:
+            delay = backoff_delay(record.backoff, len(errors))
+            patiently(lambda: store.transition(
+                job_id, {JobState.running}, JobState.queued, fields={**common, "error": error}
+            ))  # fmt: skip
+            # A new message for the same job; this delivery is acknowledged.
+            raise self.retry(countdown=delay, max_retries=None) from exc
         final = JobState.failed
-        fields = {"error": JobError(type=type(exc).__name__, message=str(exc))}
+        fields: dict[str, Any] = {**common, "error": error}
     else:
         final = JobState.succeeded
-        fields = {"result": result}
+        fields = {"result": result, "cpu_seconds": cpu_since(cpu_started)}
     fields["finished_at"] = time.time()
-    fields["cpu_seconds"] = round(time.thread_time() - cpu_started, 6)
     patiently(lambda: store.transition(job_id, {JobState.running}, final, fields=fields))
+
+
+def cpu_since(started: float) -> float:
+    return round(time.thread_time() - started, 6)
+
+
+def is_retryable(workload: str, exc: Exception) -> bool:
+    entry = CATALOG.get(workload)
+    return entry is not None and isinstance(exc, entry.retryable)
+
+
+def backoff_delay(base: float, failures: int) -> float:
+    """Exponential with full jitter: spreads the retries of many jobs that failed together."""
+    return random.uniform(0, base * 2 ** (failures - 1))
+
+
+@task_failure.connect
+def _record_time_limit(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    """A hard time limit kills the pool process, so the task itself cannot record it; the
+    worker's main process gets this signal instead."""
+    if task_id is None or not isinstance(exception, TimeLimitExceeded):
+        return
+    store = job_store()
+    error = JobError(type="time_limit", message=f"killed after its time limit ({exception}s)")
+    patiently(lambda: store.transition(
+        task_id, {JobState.running}, JobState.failed,
+        fields={"error": error, "finished_at": time.time()},
+    ))  # fmt: skip

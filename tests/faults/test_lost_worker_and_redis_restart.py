@@ -23,7 +23,10 @@ VISIBILITY_TIMEOUT = 3
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(
         tmp_path_factory.mktemp("faults"),
-        env_overrides={"JOB_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)},
+        env_overrides={
+            "JOB_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+            "JOB_MAX_TIME_LIMIT": str(VISIBILITY_TIMEOUT - 1),
+        },
     )
     try:
         stack.start_redis()
@@ -85,9 +88,29 @@ def test_redis_restart_loses_no_accepted_job(fault_stack: Stack) -> None:
         assert time.monotonic() < deadline, "API did not recover after Redis came back"
         time.sleep(0.2)
 
+    # A worker may give up on a broker that vanished (Celery calls it unrecoverable);
+    # its supervisor starts it again, as here.
+    stack.restart_dead_workers()
     records = stack.wait_for(accepted, timeout=90)
     assert [r["state"] for r in records] == ["succeeded"] * len(accepted)
     # And the stack takes new work after the restart.
     after = stack.submit("sleep", {"seconds": 0.1}, pool="gevent")
     (done,) = stack.wait_for([after["id"]], timeout=60)
     assert done["state"] == "succeeded"
+
+
+def test_a_job_whose_message_vanished_is_sent_again(fault_stack: Stack) -> None:
+    """The window Celery's Redis transport leaves open: a message taken off the queue by
+    a worker that dies before recording it as unacknowledged. Simulated by deleting the
+    queue while the job waits in it; the job record brings it back."""
+    stack = fault_stack
+    blockers = [stack.submit("sleep", {"seconds": 2}, pool="prefork")["id"] for _ in range(2)]
+    stack.wait_for(blockers, states={"running"})
+    waiting = stack.submit("noop", {"value": "lost"}, pool="prefork")["id"]
+    client = stack.redis()
+    assert client.llen("pool.prefork") == 1
+    client.delete("pool.prefork")  # the message is gone; the record still says queued
+
+    (done,) = stack.wait_for([waiting], timeout=60)
+    assert done["state"] == "succeeded"
+    assert done["attempts"] == 1  # sent again, but run once

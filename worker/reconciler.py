@@ -1,0 +1,49 @@
+"""Runs services.reconcile in the background of every worker's main process.
+
+A Redis lock lets one worker in the whole cluster sweep per interval, so adding workers
+adds no load. The interval follows the visibility timeout: a lost message is noticed
+after about as long as Celery itself takes to notice a lost worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+from celery.signals import worker_ready
+
+from services import keys
+from services.broker import get_celery
+from services.reconcile import requeue_lost_jobs
+from services.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def sweep_forever(stop: threading.Event) -> None:
+    from worker.tasks import job_store  # the worker's own store, built in this process
+
+    settings = get_settings()
+    older_than = settings.job_visibility_timeout
+    interval = max(1.0, older_than / 4)
+    lock_key = f"{keys.PREFIX}:reconcile-lock"
+    while not stop.wait(interval):
+        store = job_store()
+        try:
+            # The lock expires by itself: a worker that dies mid-sweep blocks nobody.
+            if store.redis.set(lock_key, "1", nx=True, ex=max(1, int(interval))):
+                requeue_lost_jobs(store, get_celery(), older_than)
+        except redis.RedisError as exc:
+            log.debug("reconcile skipped: %s", exc)
+        except Exception:
+            log.exception("reconcile failed; will try again")
+
+
+@worker_ready.connect
+def _start(**_: Any) -> None:
+    thread = threading.Thread(
+        target=sweep_forever, args=(threading.Event(),), name="reconcile", daemon=True
+    )
+    thread.start()
