@@ -66,9 +66,9 @@ class JobRecord(BaseModel):
 
 
 _JSON_FIELDS = ("params", "result", "error", "attempt_errors")
-# Fields the store keeps for itself: the index score, and when the message was last sent
-# again by services.reconcile.
-_STORE_ONLY = frozenset({"score", "dispatched_at"})
+# Fields the store keeps for itself: the index score, when the message was last sent
+# again by services.reconcile, and until when the running worker holds the job.
+_STORE_ONLY = frozenset({"score", "dispatched_at", "lease_until"})
 
 
 def _encode(record: JobRecord) -> dict[str, str]:
@@ -101,7 +101,8 @@ def _score(submitted_at: float) -> int:
 
 
 # Moves a job from one of the allowed states to a new one, setting fields as it goes, and
-# keeps the per-state index in step. Returns {moved (1/0), previous state}, or nil when
+# keeps the per-state index in step. running -> running (a redelivery taking over) needs
+# the running worker's lease to have expired. Returns {moved (1/0), previous state}, or nil when
 # the record does not exist (expired, or never accepted).
 _TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -112,8 +113,13 @@ for s in string.gmatch(ARGV[1], '[^,]+') do
 end
 if not allowed then return {0, state} end
 local id, new_state = ARGV[2], ARGV[3]
+if state == 'running' and new_state == 'running' then
+  -- Taking over a running job: only once the worker running it stopped renewing its lease.
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if lease > tonumber(ARGV[5]) then return {0, state} end
+end
 if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-redis.call('HSET', KEYS[1], 'state', new_state, unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'state', new_state, unpack(ARGV, 6))
 if state ~= new_state then
   local score = redis.call('HGET', KEYS[1], 'score')
   redis.call('ZREM', KEYS[2] .. state, id)
@@ -171,7 +177,7 @@ class JobStore:
         Returns (moved, previous state), or None when the record does not exist.
         """
         args: list[Any] = [",".join(sorted(allowed_from)), job_id, str(to)]
-        args.append("1" if count_attempt else "0")
+        args.extend(["1" if count_attempt else "0", time.time()])
         for name, value in (fields or {}).items():
             args.extend([name, _field_value(name, value)])
         answer = self._transition(keys=[keys.job(job_id), keys.job_index("state", "")], args=args)
@@ -179,6 +185,14 @@ class JobStore:
             return None
         moved, previous = answer
         return bool(moved), JobState(previous.decode() if isinstance(previous, bytes) else previous)
+
+    def renew_leases(self, job_ids: list[str], seconds: float) -> None:
+        """Tell takeovers these jobs' worker is alive for `seconds` more (one round trip)."""
+        until = str(time.time() + seconds)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hset(keys.job(job_id), "lease_until", until)
+        pipe.execute()
 
     def set_fields(self, job_id: str, fields: dict[str, Any]) -> None:
         self.redis.hset(

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     job_max_time_limit: int = Field(
         300, ge=1, description="Largest time_limit a job may ask for, in seconds."
     )
+    job_shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds a stopping worker lets running jobs finish."
+    )
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(8000, ge=1, le=65_535, description="Port the API binds to.")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")

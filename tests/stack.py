@@ -21,7 +21,6 @@ import redis
 import requests
 
 from services.redis_server import RedisServer, free_port
-from worker.profiles import worker_command
 
 FINAL = {"succeeded", "failed", "cancelled"}
 
@@ -101,7 +100,10 @@ class Stack:
         self._counter += 1
         node = f"{pool}-{self._counter}@test"
         log_path = self.workdir / f"worker-{pool}-{self._counter}.log"
-        argv = worker_command(pool, concurrency, node, loglevel="INFO")
+        # The very command compose and the local runner use.
+        argv = [sys.executable, "-m", "worker", "--pool", pool, "--name", node]
+        if concurrency:
+            argv += ["--concurrency", str(concurrency)]
         process = subprocess.Popen(
             argv, env=self.env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT
         )

@@ -20,6 +20,10 @@ def main() -> None:
     parser.add_argument("--loglevel", default=os.environ.get("WORKER_LOGLEVEL", "INFO"))
     args = parser.parse_args()
     argv = worker_command(args.pool, args.concurrency, args.name, args.loglevel)
+    # SIGTERM (compose stop, the local runner, Kubernetes) starts Celery's soft shutdown:
+    # running jobs get JOB_SHUTDOWN_GRACE seconds to finish, then the rest go back to
+    # the queue. Celery's plain warm shutdown would wait for them without any limit.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     # exec, so signals from compose or the local runner reach Celery itself.
     os.execv(argv[0], argv)
 

@@ -23,9 +23,10 @@ from celery.signals import task_failure, task_received
 
 from services import keys
 from services.broker import RUN_JOB_TASK, get_celery
-from services.jobs import JobError, JobState, JobStore
+from services.jobs import JobError, JobRecord, JobState, JobStore
 from services.settings import get_settings
 from services.workloads import CATALOG
+from worker.leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +48,11 @@ def job_store() -> JobStore:
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     return JobStore(client, settings.job_result_ttl)
+
+
+# A lease as long as the visibility timeout: a redelivery after a lost worker arrives
+# about then, and by then the dead worker's lease has lapsed.
+leases = LeaseKeeper(job_store, float(get_settings().job_visibility_timeout))
 
 
 @task_received.connect
@@ -81,9 +87,10 @@ def patiently(call: Callable[[], T]) -> T:
 
 
 @app.task(name=RUN_JOB_TASK, bind=True)
-def run_job(self: Task, job_id: str) -> None:
+def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
     store = job_store()
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    # `takeover`: a redelivery that found the job's lease still valid and came back later.
+    redelivered = takeover or bool((self.request.delivery_info or {}).get("redelivered"))
     claimed = patiently(
         lambda: store.transition(
             job_id,
@@ -92,6 +99,7 @@ def run_job(self: Task, job_id: str) -> None:
             {JobState.queued, JobState.running} if redelivered else {JobState.queued},
             JobState.running,
             fields={
+                "lease_until": time.time() + leases.lease_seconds,
                 "started_at": time.time(),
                 "worker_host": socket.gethostname(),
                 "worker_node": self.request.hostname or "",
@@ -104,6 +112,15 @@ def run_job(self: Task, job_id: str) -> None:
         log.warning("job %s has no record (expired or never accepted); skipped", job_id)
         return
     moved, previous = claimed
+    if not moved and redelivered and previous == JobState.running:
+        # Its worker may be alive (a duplicate) or dead with a lease not yet lapsed: look
+        # again later. Once the job ends, that later look finds it final and stops.
+        raise self.retry(
+            args=[job_id],
+            kwargs={"takeover": True},
+            countdown=leases.lease_seconds / 2,
+            max_retries=None,
+        )
     if not moved:
         # Cancelled while queued, or finished by an earlier delivery: never run twice.
         log.info("job %s is %s; not run", job_id, previous)
@@ -112,6 +129,16 @@ def run_job(self: Task, job_id: str) -> None:
     if record is None:
         log.warning("job %s expired while it was being claimed", job_id)
         return
+    leases.hold(job_id)
+    try:
+        run_claimed(self, store, record)
+    finally:
+        leases.release(job_id)
+
+
+def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
+    """Run a job this worker has claimed, and record its outcome (or its retry)."""
+    job_id = record.id
     cpu_started = time.thread_time()
     try:
         result = CATALOG[record.workload].run(record.params)

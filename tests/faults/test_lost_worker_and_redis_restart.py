@@ -17,6 +17,7 @@ import pytest
 from tests.stack import Stack
 
 VISIBILITY_TIMEOUT = 3
+SHUTDOWN_GRACE = 3
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env_overrides={
             "JOB_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
             "JOB_MAX_TIME_LIMIT": str(VISIBILITY_TIMEOUT - 1),
+            "JOB_SHUTDOWN_GRACE": str(SHUTDOWN_GRACE),
         },
     )
     try:
@@ -114,3 +116,42 @@ def test_a_job_whose_message_vanished_is_sent_again(fault_stack: Stack) -> None:
     (done,) = stack.wait_for([waiting], timeout=60)
     assert done["state"] == "succeeded"
     assert done["attempts"] == 1  # sent again, but run once
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork", "gevent"])
+def test_sigterm_lets_a_short_job_finish_on_its_worker(fault_stack: Stack, pool: str) -> None:
+    stack = fault_stack
+    record = stack.submit("sleep", {"seconds": 1}, pool=pool)
+    (running,) = stack.wait_for([record["id"]], states={"running"})
+    worker = next(w for w in stack.workers if w.node == running["worker_node"])
+    concurrency = worker.concurrency
+    worker.process.send_signal(signal.SIGTERM)
+    (done,) = stack.wait_for([record["id"]], timeout=30)
+    assert done["state"] == "succeeded"
+    assert done["worker_node"] == worker.node and done["attempts"] == 1
+    assert worker.process.wait(timeout=30) is not None
+    stack.workers.remove(worker)
+    stack.start_worker(pool, concurrency)
+    stack.wait_ready()
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_sigterm_past_the_grace_loses_nothing_and_runs_once(fault_stack: Stack, pool: str) -> None:
+    """prefork stops the job at the end of the grace and another worker runs it again;
+    a thread cannot be stopped, so its worker lives until the job ends and the copy of
+    the message Celery requeued meanwhile finds the job's lease alive and never runs."""
+    stack = fault_stack
+    record = stack.submit("sleep", {"seconds": SHUTDOWN_GRACE + 4}, pool=pool)
+    (running,) = stack.wait_for([record["id"]], states={"running"})
+    worker = next(w for w in stack.workers if w.node == running["worker_node"])
+    worker.process.send_signal(signal.SIGTERM)
+    (done,) = stack.wait_for([record["id"]], timeout=60)
+    assert done["state"] == "succeeded"
+    if pool == "prefork":
+        assert done["attempts"] == 2 and done["worker_node"] != worker.node
+    else:
+        assert done["attempts"] == 1 and done["worker_node"] == worker.node
+    assert worker.process.wait(timeout=30) is not None
+    stack.workers.remove(worker)
+    stack.start_worker(pool, worker.concurrency)
+    stack.wait_ready()
