@@ -11,6 +11,7 @@ from api import catalog, health, jobs, lab, pools
 from api.auth import install_auth
 from api.context import ApiContext
 from api.errors import install_error_handlers
+from api.openapi import document as openapi_document
 from api.openapi import spec
 from services.broker import make_celery
 from services.jobs import JobStore
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/openapi.json")
     def openapi() -> Response:
         """The OpenAPI 3.1 document of this API."""
-        return Response(json.dumps(spec.spec), mimetype="application/json")
+        return Response(json.dumps(openapi_document()), mimetype="application/json")
 
     logging.basicConfig(level=logging.INFO)
     return app

@@ -37,18 +37,30 @@ def parse_submission(body: Any) -> JobSpec:
     if not isinstance(body, dict):
         raise Problem(422, "Validation failed", "the body must be a JSON object")
     try:
-        submission = JobSubmission.model_validate(body)
+        submission = JobSubmission.model_validate(body).root
     except ValidationError as exc:
-        raise validation_problem(exc) from None
+        raise submission_problem(exc) from None
     try:
-        get_workload(submission.workload).validate(submission.params)
-    except ValidationError as exc:
-        raise validation_problem(exc, prefix="params") from None
+        get_workload(submission.workload).check_policy(submission.params)
     except WorkloadError as exc:
         raise field_problem("params.url", str(exc)) from None
     if submission.time_limit is not None:
         check_time_limit(submission.time_limit, submission.pool)
-    return JobSpec(**submission.model_dump())
+    return JobSpec(**submission.model_dump(mode="json"))
+
+
+def submission_problem(exc: ValidationError) -> Problem:
+    """A 422 for a JobSubmission: errors inside the union are located under the workload's
+    name (pydantic's tag); the client wants the field's own path."""
+    errors = []
+    for item in exc.errors(include_url=False):
+        if item["type"].startswith("union_tag") or item["loc"] == ():
+            path = "workload" if item["type"].startswith("union_tag") else "body"
+        else:
+            path = ".".join(str(part) for part in item["loc"][1:])
+        errors.append(FieldError(field=path, message=item["msg"]))
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return Problem(422, "Validation failed", detail, errors)
 
 
 def field_problem(field: str, message: str) -> Problem:
@@ -205,7 +217,11 @@ def cancel_job(job_id: str) -> Response:
         if POOLS[record.pool].terminate_running:
             moved, previous = ctx.store.transition(job_id, {JobState.running}, JobState.cancelled)
             if moved:
-                ctx.celery.control.revoke(job_id, terminate=True, signal="SIGTERM")
+                # SIGUSR1 raises Celery's SoftTimeLimitExceeded inside the job, which then
+                # ends like any failing job and its message is acknowledged. SIGTERM would
+                # kill the pool process and leak one of the worker's prefetch slots for
+                # good (acks_late + reject_on_worker_lost), halving a 2-process pool.
+                ctx.celery.control.revoke(job_id, terminate=True, signal="SIGUSR1")
         else:
             ctx.store.set_fields(job_id, {"cancel_requested": True})
             raise Problem(

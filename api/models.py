@@ -2,38 +2,71 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
 from services.jobs import JobRecord, JobState
 from services.pools import POOLS
-from services.workloads import CATALOG
+from services.workloads import CATALOG, Workload
 
 # Literal types built from the catalogs, so a 422 lists the allowed values by itself.
 WorkloadName = Literal[tuple(CATALOG)]  # type: ignore[valid-type]
 PoolName = Literal[tuple(POOLS)]  # type: ignore[valid-type]
 
 
-class JobSubmission(BaseModel):
+class JobOptions(BaseModel):
+    """What every submission may say besides its workload and params. Strict: `false` is
+    not a number of retries."""
+
     model_config = ConfigDict(extra="forbid")
-    workload: WorkloadName = Field(..., description="A name from GET /workloads.")
-    params: dict[str, Any] = Field(default_factory=dict, description="The workload's params.")
     pool: PoolName | None = Field(
         None, description="Pool to run on; left out, the pool suited to the workload's kind."
     )
     max_retries: int = Field(
-        0, ge=0, le=10, description="Retries after failures the workload marks retryable."
-    )
+        0, ge=0, le=10, strict=True, description="Retries after failures the workload marks "
+        "retryable.",
+    )  # fmt: skip
     backoff: float = Field(
-        1.0, ge=0, le=300, description="Seconds; retry n waits backoff * 2**(n-1), jittered."
-    )
+        1.0, ge=0, le=300, strict=True,
+        description="Seconds; retry n waits up to backoff * 2**(n-1) (full jitter).",
+    )  # fmt: skip
     time_limit: int | None = Field(
         None,
         ge=1,
+        strict=True,
         description="Seconds before the job is killed (pools with hard_time_limit only); "
         "at most JOB_MAX_TIME_LIMIT, which stays below JOB_VISIBILITY_TIMEOUT.",
     )
+
+
+def _submission_model(workload: Workload) -> type[JobOptions]:
+    """`{workload: "<name>", params: <its model>, ...options}` for one catalog entry, so
+    the OpenAPI document tells a client exactly which params each workload takes."""
+    needs_params = any(field.is_required() for field in workload.params.model_fields.values())
+    params: Any = (
+        (workload.params, ...)
+        if needs_params
+        else (workload.params, Field(default_factory=workload.params))
+    )
+    title = "".join(part.title() for part in workload.name.split("_"))
+    return create_model(
+        f"{title}Job",
+        __base__=JobOptions,
+        __doc__=f"A {workload.name} job: {workload.description}",
+        workload=(Literal[workload.name], ...),  # type: ignore[valid-type]
+        params=params,
+    )
+
+
+_SUBMISSIONS = tuple(_submission_model(w) for w in CATALOG.values())
+
+
+class JobSubmission(RootModel):
+    """A job to run: one of the catalog's workloads with its params, told apart by
+    `workload` (a discriminator, so a 422 names the allowed workloads)."""
+
+    root: Annotated[Union[_SUBMISSIONS], Field(discriminator="workload")]  # type: ignore[valid-type]  # noqa: UP007
 
 
 class JobListQuery(BaseModel):

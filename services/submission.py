@@ -42,11 +42,10 @@ def default_pool(spec: JobSpec) -> str:
 
 
 def new_record(spec: JobSpec, job_id: str | None = None) -> JobRecord:
-    entry = get_workload(spec.workload)
     return JobRecord(
         id=job_id or str(uuid.uuid4()),
         workload=spec.workload,
-        params=entry.params.model_validate(spec.params).model_dump(mode="json"),
+        params=dict(spec.params),
         pool=spec.pool or default_pool(spec),
         pool_chosen_by="client" if spec.pool else "default",
         state=JobState.queued,

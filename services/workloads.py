@@ -31,23 +31,31 @@ class NoopParams(BaseModel):
 
 class SleepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seconds: float = Field(..., ge=0, le=60, description="How long to block in time.sleep.")
+    seconds: float = Field(
+        ..., ge=0, le=60, strict=True, description="How long to block in time.sleep."
+    )
 
 
 class HttpGetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: HttpUrl = Field(..., description="http(s) URL whose host is in JOB_HTTP_ALLOWED_HOSTS.")
-    timeout: float = Field(10, gt=0, le=30, description="Seconds for connect and for read.")
+    timeout: float = Field(
+        10, gt=0, le=30, strict=True, description="Seconds for connect and for the whole read."
+    )
 
 
 class CpuHashParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rounds: int = Field(..., ge=1, le=5_000_000, description="sha256 applications, chained.")
+    rounds: int = Field(
+        ..., ge=1, le=5_000_000, strict=True, description="sha256 applications, chained."
+    )
 
 
 class CpuPrimesParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    below: int = Field(..., ge=2, le=2_000_000, description="Count the primes below this.")
+    below: int = Field(
+        ..., ge=2, le=2_000_000, strict=True, description="Count the primes below this."
+    )
 
 
 class WorkloadError(Exception):
@@ -119,14 +127,19 @@ class Workload:
     retryable: tuple[type[BaseException], ...] = ()
 
     def validate(self, params: dict[str, Any]) -> BaseModel:
-        """Parse params into the workload's model; raises pydantic.ValidationError."""
+        """Parse params into the workload's model (pydantic.ValidationError) and check
+        the operator's policy on them (WorkloadError)."""
         parsed = self.params.model_validate(params)
+        self.check_policy(parsed)
+        return parsed
+
+    def check_policy(self, parsed: BaseModel) -> None:
+        """What configuration, not the schema, forbids: a host off the allow-list."""
         if isinstance(parsed, HttpGetParams) and not http_host_allowed(str(parsed.url)):
             raise WorkloadError(
                 f"host {parsed.url.host!r} is not allowed; allowed hosts: "
                 + ", ".join(get_settings().job_http_allowed_hosts)
             )
-        return parsed
 
     def run(self, params: dict[str, Any]) -> Any:
         """Run with already validated, JSON-shaped params."""
