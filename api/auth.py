@@ -41,11 +41,6 @@ class ApiKey:
     sha256: bytes
 
 
-def hash_key(secret: str) -> str:
-    """What goes into JOBRUNNER_API_KEYS for a key: its SHA-256, hex."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def parse_keys(entries: list[str]) -> list[ApiKey]:
     parsed = []
     for entry in entries:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -22,12 +23,15 @@ from pathlib import Path
 import requests
 import yaml
 
+from services.auth_keys import hash_key
 from services.pools import POOLS
 from services.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-RUN_DIR = ROOT / ".run"
+# Logs, Redis's data and the local API key; JOBRUNNER_RUN_DIR moves it (the tests do).
+RUN_DIR = Path(os.environ.get("JOBRUNNER_RUN_DIR", ROOT / ".run"))
+API_KEY_FILE = RUN_DIR / "api-key"
 
 
 def compose_commands(path: Path = COMPOSE_FILE) -> dict[str, list[str]]:
@@ -89,6 +93,24 @@ def plan(commands: dict[str, list[str]], scale: dict[str, int]) -> list[tuple[st
     return processes
 
 
+def ensure_api_key(env: dict[str, str]) -> str:
+    """Without configured keys, make one local admin key, so `make run` stays one command
+    and nothing is open to anonymous writes. The key is kept in .run/api-key (mode 600),
+    where the CLI finds it; the API only ever sees its hash."""
+    if env.get("JOBRUNNER_AUTH") == "off":
+        return "auth is off (JOBRUNNER_AUTH=off): anyone who can reach the API can use it"
+    if env.get("JOBRUNNER_API_KEYS"):
+        return "API keys from JOBRUNNER_API_KEYS"
+    if API_KEY_FILE.exists():
+        key = API_KEY_FILE.read_text().strip()
+    else:
+        key = secrets.token_urlsafe(24)
+        API_KEY_FILE.touch(mode=0o600)
+        API_KEY_FILE.write_text(key + "\n")
+    env["JOBRUNNER_API_KEYS"] = f"local:read+submit+admin:{hash_key(key)}"
+    return f"API key   {key}   (saved in {API_KEY_FILE}; send it as 'Authorization: Bearer <key>')"
+
+
 def wait_ready(url: str, timeout: float, processes: list[Managed]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -138,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"redis    {redis_server.url} (data in {redis_server.data_dir})")
     else:
         print(f"redis    {env['REDIS_URL']} (from REDIS_URL)")
+    key_note = ensure_api_key(env)
     host = env.setdefault("API_HOST", "127.0.0.1")
     port = env.setdefault("API_PORT", "8000")
     url = f"http://{host}:{port}"
@@ -159,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
             managed.start()
             print(f"started  {managed.name:<12} pid {managed.process.pid}  log {managed.log_path}")
         wait_ready(url, 60, processes)
-        print(f"\njobrunner is up at {url}   (Ctrl-C stops everything)\n", flush=True)
+        print(f"\njobrunner is up at {url}   (Ctrl-C stops everything)")
+        print(f"{key_note}\n", flush=True)
         while not stopping:
             for managed in processes:
                 if not managed.alive() and not stopping:

@@ -1,0 +1,27 @@
+"""How an API key is stored: only its SHA-256 ever leaves the hands of its holder.
+
+`python -m services.auth_keys NAME SCOPES` makes a new key: it prints the key (give it to
+the client) and the JOBRUNNER_API_KEYS entry (give it to the API).
+"""
+
+import hashlib
+import secrets
+import sys
+
+
+def hash_key(secret: str) -> str:
+    """What goes into JOBRUNNER_API_KEYS for a key: its SHA-256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def main() -> None:
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m services.auth_keys NAME SCOPES   (SCOPES like read+submit)")
+    name, scopes = sys.argv[1:]
+    key = secrets.token_urlsafe(24)
+    print(f"key (for the client):                 {key}")
+    print(f"JOBRUNNER_API_KEYS entry (for the API): {name}:{scopes}:{hash_key(key)}")
+
+
+if __name__ == "__main__":
+    main()
