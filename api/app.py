@@ -7,7 +7,7 @@ import logging
 import redis
 from flask import Flask, Response, json
 
-from api import catalog, health, jobs, lab, pools
+from api import catalog, experiments, health, jobs, lab, pools
 from api.auth import install_auth
 from api.context import ApiContext
 from api.errors import install_error_handlers
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         store=JobStore(client, settings.job_result_ttl),
         celery=make_celery(settings),
     )
-    for module in (jobs, catalog, pools, health, lab):
+    for module in (jobs, catalog, pools, health, lab, experiments):
         app.register_blueprint(module.blueprint)
     install_error_handlers(app)
     install_auth(app)

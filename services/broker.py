@@ -56,3 +56,9 @@ def make_celery(settings: Settings) -> Celery:
 def get_celery() -> Celery:
     """The process-wide Celery app, configured from the environment."""
     return make_celery(get_settings())
+
+
+# The lab: experiments run one at a time on a worker of their own (`python -m worker
+# --pool lab`), so two experiments never measure each other.
+RUN_EXPERIMENT_TASK = "jobrunner.run_experiment"
+LAB_QUEUE = "lab"

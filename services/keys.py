@@ -27,3 +27,13 @@ def rate_window(client_name: str, second: int) -> str:
 def idempotency(client_name: str, key: str) -> str:
     """The job a client's Idempotency-Key was first used for."""
     return f"{PREFIX}:idempotency:{client_name}:{key}"
+
+
+def experiment(experiment_id: str) -> str:
+    """One experiment: its request, progress and report, as JSON."""
+    return f"{PREFIX}:experiment:{experiment_id}"
+
+
+def experiment_index() -> str:
+    """Sorted set of experiment ids scored by creation time."""
+    return f"{PREFIX}:experiments"

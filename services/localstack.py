@@ -84,8 +84,9 @@ class Managed:
 
 
 def plan(commands: dict[str, list[str]], scale: dict[str, int]) -> list[tuple[str, list[str]]]:
-    """(name, argv) of each process: the API, and N workers per pool with unique names."""
-    processes = [("api", commands["api"])]
+    """(name, argv) of each process: the API, the lab worker, and N workers per pool with
+    unique names."""
+    processes = [("api", commands["api"]), ("lab", commands["worker-lab"])]
     for pool, count in scale.items():
         argv = commands[f"worker-{pool}"]
         for index in range(1, count + 1):

@@ -20,7 +20,9 @@ from typing import Any
 import redis
 import requests
 
+from services.broker import make_celery
 from services.redis_server import RedisServer, free_port
+from services.settings import Settings
 
 FINAL = {"succeeded", "failed", "cancelled"}
 
@@ -120,17 +122,18 @@ class Stack:
         return dead
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until the API answers and every started worker answers Celery's inspection."""
+        """Until the API answers and every started worker answers Celery's ping."""
+        celery = make_celery(Settings(redis_url=self.env["REDIS_URL"]))
         deadline = time.monotonic() + timeout
         expected = {w.node for w in self.workers if w.process.poll() is None}
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                pools = self.http.get(f"{self.url}/pools", timeout=5).json()["pools"]
-                live = {w["node"] for p in pools for w in p["workers"]}
-                if expected <= live:
+                ready = self.http.get(f"{self.url}/readyz", timeout=5).status_code == 200
+                answered = {node for reply in celery.control.ping(timeout=0.5) for node in reply}
+                if ready and expected <= answered:
                     return
-            except (requests.RequestException, KeyError, ValueError):
+            except requests.RequestException:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"stack not ready in {timeout}s; logs in {self.workdir}")

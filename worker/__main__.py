@@ -14,7 +14,7 @@ from worker.profiles import worker_command
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
-    parser.add_argument("--pool", required=True, choices=sorted(POOLS))
+    parser.add_argument("--pool", required=True, choices=[*sorted(POOLS), "lab"])
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--name", default=None, help="Celery node name, e.g. gevent-2@%%h")
     parser.add_argument("--loglevel", default=os.environ.get("WORKER_LOGLEVEL", "INFO"))

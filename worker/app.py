@@ -8,5 +8,6 @@ app = get_celery()
 app.conf.worker_soft_shutdown_timeout = get_settings().job_shutdown_grace
 
 # Registers the task on `app`.
+import worker.lab  # noqa: E402
 import worker.reconciler  # noqa: E402
 import worker.tasks  # noqa: E402, F401

@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import sys
 
+from services.broker import LAB_QUEUE
 from services.pools import POOLS
+
+
+def lab_command(node_name: str | None = None, loglevel: str = "INFO") -> list[str]:
+    """The lab worker: one experiment at a time (concurrency 1), so experiments never
+    measure each other. A threads pool, so its executors may start processes."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "--pool", "threads", "--concurrency", "1", "--queues", LAB_QUEUE,
+        "--hostname", node_name or "lab@%h", "--loglevel", loglevel,
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
 
 
 def worker_command(
@@ -18,7 +30,9 @@ def worker_command(
     node_name: str | None = None,
     loglevel: str = "INFO",
 ) -> list[str]:
-    """The argv that starts one worker process for `pool`."""
+    """The argv that starts one worker process for `pool` ("lab" for the lab worker)."""
+    if pool == "lab":
+        return lab_command(node_name, loglevel)
     profile = POOLS[pool]
     return [
         sys.executable,

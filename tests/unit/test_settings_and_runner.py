@@ -43,10 +43,10 @@ def test_scale_parsing() -> None:
 
 def test_local_runner_starts_what_compose_starts() -> None:
     commands = compose_commands()
-    assert set(commands) == {"api"} | {f"worker-{pool}" for pool in POOLS}
+    assert set(commands) == {"api", "worker-lab"} | {f"worker-{pool}" for pool in POOLS}
     processes = plan(commands, parse_scale("gevent=2"))
     names = [name for name, _ in processes]
-    assert names == ["api", "threads-1", "prefork-1", "gevent-1", "gevent-2"]
+    assert names == ["api", "lab", "threads-1", "prefork-1", "gevent-1", "gevent-2"]
     # Scaled workers get distinct Celery node names, as separate containers would.
     gevent_nodes = [argv[-1] for name, argv in processes if name.startswith("gevent")]
     assert gevent_nodes == ["gevent-1@%h", "gevent-2@%h"]
@@ -62,6 +62,7 @@ def test_every_compose_command_exists_in_the_project() -> None:
         assert importlib.util.find_spec(f"{argv[2]}.__main__") is not None, name
         if argv[2] == "worker":
             assert argv[3:] == ["--pool", name.removeprefix("worker-")]
+            assert argv[4] in POOLS or argv[4] == "lab"
         # Scaling needs no fixed names or host ports on workers.
         if name.startswith("worker-"):
             assert "container_name" not in service and "ports" not in service

@@ -1,0 +1,233 @@
+"""Running an experiment: each target in turn, measured from the jobs' own timestamps.
+
+Called by the lab worker (worker/lab.py). Pool targets submit real jobs through
+`submit_job`, the one way in, and read what the workers recorded; local targets run the
+same workload functions in this process's executors.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import socket
+import statistics
+import time
+from typing import Any
+
+import celery as celery_package
+from celery import Celery
+
+from services import keys
+from services.executors import run_local
+from services.experiments import (
+    Experiment,
+    ExperimentReport,
+    ExperimentStore,
+    Topology,
+    WorkerTopology,
+)
+from services.jobs import FINAL_STATES, JobStore
+from services.pools import POOLS
+from services.report import JobTiming, ideal_makespan, measure
+from services.submission import JobSpec, submit_job
+from services.verdict import verdict
+from services.workloads import get_workload
+
+# A pool target that has not finished by then is reported as failed, not waited for.
+TARGET_DEADLINE_SECONDS = 900
+PROGRESS_EVERY_SECONDS = 0.3
+
+
+class ExperimentFailed(Exception):
+    """Said to the user as the experiment's error."""
+
+
+def topology(celery: Celery, redis_version: str | None) -> Topology:
+    inspect = celery.control.inspect(timeout=1.0)
+    queues = inspect.active_queues() or {}
+    stats = inspect.stats() or {}
+    by_queue = {p.queue: p.name for p in POOLS.values()}
+    workers: dict[str, list[WorkerTopology]] = {name: [] for name in POOLS}
+    for node, consumed in sorted(queues.items()):
+        node_stats = stats.get(node, {})
+        for queue in consumed:
+            pool = by_queue.get(queue.get("name"))
+            if pool:
+                workers[pool].append(
+                    WorkerTopology(
+                        node=node,
+                        concurrency=node_stats.get("pool", {}).get("max-concurrency", 1),
+                        pid=node_stats.get("pid"),
+                        # Linux reports ru_maxrss in KiB.
+                        max_rss_bytes=node_stats.get("rusage", {}).get("maxrss", 0) * 1024 or None,
+                    )
+                )
+    return Topology(
+        cores=os.cpu_count() or 1,
+        host=socket.gethostname(),
+        python=platform.python_version(),
+        celery=celery_package.__version__,
+        redis_server=redis_version,
+        workers=workers,
+    )
+
+
+class Progress:
+    """Counts finished jobs of one target and saves them, at most every few tenths of a
+    second, so a client polling GET /experiments/<id> sees the run move."""
+
+    def __init__(self, store: ExperimentStore, experiment: Experiment, target: str) -> None:
+        self.store, self.experiment, self.target = store, experiment, target
+        self.saved_at = 0.0
+
+    def set(self, done: int, force: bool = False) -> None:
+        self.experiment.progress[self.target].done = done
+        now = time.monotonic()
+        if force or now - self.saved_at >= PROGRESS_EVERY_SECONDS:
+            self.store.save(self.experiment)
+            self.saved_at = now
+
+
+def run_pool_target(
+    jobs: JobStore, celery: Celery, experiment: Experiment, pool: str, progress: Progress
+) -> list[JobTiming]:
+    request = experiment.request
+    spec = JobSpec(workload=request.workload, params=request.params, pool=pool)
+    ids = [submit_job(jobs, celery, spec).id for _ in range(request.count)]
+    pending, finished = set(ids), {}
+    deadline = time.monotonic() + TARGET_DEADLINE_SECONDS
+    while pending:
+        pipe = jobs.redis.pipeline(transaction=False)
+        ordered = list(pending)
+        for job_id in ordered:
+            pipe.hmget(keys.job(job_id), "state")
+        for job_id, (state,) in zip(ordered, pipe.execute(), strict=True):
+            if state in FINAL_STATES:
+                pending.discard(job_id)
+                finished[job_id] = True
+        progress.set(len(finished))
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise ExperimentFailed(
+                f"{len(pending)} of {len(ids)} jobs on pool {pool!r} did not finish within "
+                f"{TARGET_DEADLINE_SECONDS} s; is a worker serving it? (GET /pools)"
+            )
+        time.sleep(0.05)
+    progress.set(len(ids), force=True)
+    records = [jobs.get(job_id) for job_id in ids]
+    return [
+        JobTiming(
+            submitted_at=r.submitted_at,
+            started_at=r.started_at or r.finished_at or r.submitted_at,
+            finished_at=r.finished_at or r.submitted_at,
+            cpu_seconds=r.cpu_seconds or 0.0,
+            failed=r.state != "succeeded",
+        )
+        for r in records
+        if r is not None
+    ]
+
+
+def run_local_target(experiment: Experiment, executor: str, progress: Progress) -> list[JobTiming]:
+    request = experiment.request
+    done = [0]
+
+    def one_done() -> None:
+        done[0] += 1
+        progress.set(done[0])
+
+    runs = run_local(
+        executor, request.workload, request.params, request.count, request.concurrency, one_done
+    )
+    progress.set(len(runs), force=True)
+    return [
+        JobTiming(r.submitted_at, r.started_at, r.finished_at, r.cpu_seconds, r.error is not None)
+        for r in runs
+    ]
+
+
+def job_seconds(kind: str, params: dict[str, Any], timings: dict[str, list[JobTiming]]) -> float:
+    """One job's duration (io) or CPU time (cpu), the unit of the ideal bound.
+
+    `sleep` says its own duration. Otherwise: for I/O, the shortest median run time over
+    the targets (the least loaded one); for CPU, likewise the least median CPU time (CPU
+    time grows less with load than run time does, but it grows: caches, contention).
+    """
+    if kind == "io" and "seconds" in params:
+        return float(params["seconds"])
+    if kind == "io":
+        return min(
+            statistics.median(t.finished_at - t.started_at for t in runs)
+            for runs in timings.values()
+        )
+    return min(statistics.median(t.cpu_seconds for t in runs) for runs in timings.values())
+
+
+def local_peak_rss(executor: str) -> int:
+    who = resource.RUSAGE_CHILDREN if executor == "processpool" else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss * 1024
+
+
+def run_experiment(
+    experiment_id: str, jobs: JobStore, experiments: ExperimentStore, celery: Celery
+) -> Experiment:
+    experiment = experiments.get(experiment_id)
+    if experiment is None:
+        raise ExperimentFailed(f"no experiment {experiment_id}")
+    experiment.state, experiment.started_at, experiment.error = "running", time.time(), None
+    experiments.save(experiment)
+    request = experiment.request
+    kind = get_workload(request.workload).kind
+    try:
+        redis_version = jobs.redis.info("server").get("redis_version")
+        topo = topology(celery, redis_version)
+        for pool in request.pools:
+            if not topo.workers[pool]:
+                raise ExperimentFailed(f"no live worker serves pool {pool!r} (GET /pools)")
+        timings: dict[str, list[JobTiming]] = {}
+        concurrency: dict[str, int] = {}
+        peak_rss: dict[str, int | None] = {}
+        for target_kind, name in request.targets:
+            progress = Progress(experiments, experiment, name)
+            if target_kind == "pool":
+                timings[name] = run_pool_target(jobs, celery, experiment, name, progress)
+                concurrency[name] = sum(w.concurrency for w in topo.workers[name])
+                after = topology(celery, redis_version).workers[name]
+                peak_rss[name] = max((w.max_rss_bytes or 0 for w in after), default=0) or None
+            else:
+                timings[name] = run_local_target(experiment, name, progress)
+                concurrency[name] = 1 if name == "sequential" else request.concurrency
+                peak_rss[name] = local_peak_rss(name)
+        unit = job_seconds(kind, request.params, timings)
+        targets = [
+            measure(
+                name,
+                target_kind,
+                timings[name],
+                concurrency[name],
+                ideal_makespan(kind, request.count, concurrency[name], unit, topo.cores),
+                peak_rss[name],
+            )
+            for target_kind, name in request.targets
+        ]
+        experiment.report = ExperimentReport(
+            workload=request.workload,
+            kind=kind,
+            params=request.params,
+            count=request.count,
+            concurrency=request.concurrency,
+            job_seconds=round(unit, 6),
+            topology=topo,
+            targets=targets,
+            verdict=verdict(request.workload, kind, request.count, targets),
+        )
+        experiment.state = "succeeded"
+    except ExperimentFailed as exc:
+        experiment.state, experiment.error = "failed", str(exc)
+    except Exception as exc:  # the experiment fails; the lab worker lives on
+        experiment.state, experiment.error = "failed", f"{type(exc).__name__}: {exc}"
+    experiment.finished_at = time.time()
+    experiments.save(experiment)
+    return experiment

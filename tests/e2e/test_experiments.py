@@ -1,0 +1,139 @@
+"""The comparison lab end to end: experiments run on the real pools and the local
+executors, and their reports hold together."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.stack import Stack
+
+REPORT_FIELDS = {
+    "target", "kind", "count", "errors", "concurrency", "makespan_s", "throughput_per_s",
+    "latency_s", "queue_wait_s", "run_time_s", "cpu_seconds_per_job", "peak_rss_bytes",
+    "ideal_makespan_s", "efficiency",
+}  # fmt: skip
+
+
+def run_experiment(stack: Stack, body: dict, timeout: float = 90) -> dict:
+    answer = stack.http.post(f"{stack.url}/experiments", json=body, timeout=10)
+    assert answer.status_code == 202, answer.text
+    url = stack.url + answer.headers["Location"]
+    seen_progress = False
+    deadline = time.monotonic() + timeout
+    while True:
+        experiment = stack.http.get(url, timeout=10).json()
+        assert set(experiment["progress"]) == set(body.get("pools", []) + body.get("local", []))
+        if experiment["state"] == "running":
+            seen_progress |= any(p["done"] for p in experiment["progress"].values())
+        if experiment["state"] in ("succeeded", "failed"):
+            assert experiment["state"] == "succeeded", experiment["error"]
+            return experiment
+        assert time.monotonic() < deadline, experiment
+        time.sleep(0.2)
+
+
+def check_consistent(experiment: dict, count: int) -> dict[str, dict]:
+    report = experiment["report"]
+    targets = {t["target"]: t for t in report["targets"]}
+    for name, target in targets.items():
+        assert set(target) >= REPORT_FIELDS, name
+        assert target["count"] == count and target["errors"] == 0, target
+        assert experiment["progress"][name] == {"done": count, "total": count}
+        # The ideal is a bound: nothing beats it (a clock tick of slack).
+        assert target["makespan_s"] >= 0.95 * target["ideal_makespan_s"], target
+        assert 0 < target["efficiency"] <= 1
+        assert target["throughput_per_s"] > 0
+        lat = target["latency_s"]
+        assert lat["p50"] <= lat["p95"] <= lat["p99"] <= target["makespan_s"] + 1e-6
+    topology = report["topology"]
+    assert topology["cores"] >= 1 and topology["celery"] and topology["redis_server"]
+    assert report["verdict"], "a report always says something"
+    return targets
+
+
+def test_io_experiment_on_pools_and_local_executors(stack: Stack) -> None:
+    body = {
+        "workload": "sleep", "params": {"seconds": 0.1}, "count": 24,
+        "pools": ["threads", "gevent"], "local": ["sequential", "threadpool", "asyncio"],
+        "concurrency": 8,
+    }  # fmt: skip
+    experiment = run_experiment(stack, body)
+    targets = check_consistent(experiment, 24)
+    sequential = targets["sequential"]["makespan_s"]
+    for overlapping in ("threads", "gevent", "threadpool", "asyncio"):
+        speedup = sequential / targets[overlapping]["makespan_s"]
+        assert speedup >= 3, f"{overlapping} only {speedup:.1f}x faster than sequential"
+    assert targets["threadpool"]["concurrency"] == 8
+    assert targets["gevent"]["concurrency"] == 50  # the test worker's
+    assert experiment["report"]["topology"]["workers"]["gevent"]
+    assert any("of ideal" in line for line in experiment["report"]["verdict"])
+
+    svg = stack.http.get(f"{stack.url}/experiments/{experiment['id']}/chart.svg", timeout=30)
+    assert svg.status_code == 200 and svg.headers["Content-Type"].startswith("image/svg+xml")
+    assert b"<svg" in svg.content[:500]
+    png = stack.http.get(f"{stack.url}/experiments/{experiment['id']}/chart.png", timeout=30)
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpu_experiment_scales_only_with_processes(stack: Stack) -> None:
+    body = {
+        "workload": "cpu_hash", "params": {"rounds": 250_000}, "count": 8,
+        "pools": ["threads", "prefork"], "local": ["sequential", "processpool"],
+        "concurrency": 2,
+    }  # fmt: skip
+    experiment = run_experiment(stack, body)
+    targets = check_consistent(experiment, 8)
+    prefork_gain = targets["threads"]["makespan_s"] / targets["prefork"]["makespan_s"]
+    assert prefork_gain >= 1.3, f"prefork only {prefork_gain:.2f}x faster than threads"
+    local_gain = targets["sequential"]["makespan_s"] / targets["processpool"]["makespan_s"]
+    assert local_gain >= 1.3, f"processpool only {local_gain:.2f}x faster than sequential"
+    assert any("GIL" in line for line in experiment["report"]["verdict"])
+
+    # Listed, and comparable with another run.
+    listed = stack.http.get(f"{stack.url}/experiments", timeout=10).json()["experiments"]
+    assert experiment["id"] in [e["id"] for e in listed]
+    again = run_experiment(stack, {**body, "pools": ["prefork"], "local": []})
+    comparison = stack.http.get(
+        f"{stack.url}/experiments/compare", params={"ids": f"{experiment['id']},{again['id']}"},
+        timeout=10,
+    ).json()  # fmt: skip
+    rows = {row["target"]: row for row in comparison["rows"]}
+    assert rows["prefork"]["ratio_last_to_first"] > 0
+    assert rows["threads"]["throughput_per_s"][again["id"]] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"workload": "sleep", "params": {"seconds": 0.1}, "count": 5, "pools": ["fibers"]},
+         "pools.0"),
+        ({"workload": "sleep", "params": {"seconds": 0.1}, "count": 0, "pools": ["threads"]},
+         "count"),
+        ({"workload": "sleep", "params": {"seconds": 0.1}, "count": 10**6, "local": ["asyncio"]},
+         "count"),
+        ({"workload": "cpu_hash", "params": {"rounds": 10}, "count": 5, "local": ["asyncio"]},
+         "body"),
+        ({"workload": "sleep", "params": {"seconds": 0.1}, "count": 5}, "body"),
+        ({"workload": "sleep", "params": {"seconds": 99}, "count": 5, "pools": ["threads"]},
+         "seconds"),
+    ],
+)  # fmt: skip
+def test_bad_experiment_is_422(stack: Stack, body: dict, field: str) -> None:
+    before = stack.http.get(f"{stack.url}/experiments", timeout=10).json()["experiments"]
+    answer = stack.http.post(f"{stack.url}/experiments", json=body, timeout=10)
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    problem = answer.json()
+    assert any(e["field"] == field for e in problem.get("errors", [])) or field in problem["detail"]
+    if body["workload"] == "cpu_hash":
+        assert "asyncio" in problem["detail"]
+    after = stack.http.get(f"{stack.url}/experiments", timeout=10).json()["experiments"]
+    assert len(after) == len(before)
+
+
+def test_chart_of_an_unknown_experiment_is_404(stack: Stack) -> None:
+    answer = stack.http.get(f"{stack.url}/experiments/nope/chart.svg", timeout=10)
+    assert answer.status_code == 404
+    assert answer.headers["Content-Type"] == "application/problem+json"
