@@ -13,6 +13,7 @@ import resource
 import socket
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
 
 import celery as celery_package
@@ -122,7 +123,7 @@ def run_pool_target(
             submitted_at=r.submitted_at,
             started_at=r.started_at or r.finished_at or r.submitted_at,
             finished_at=r.finished_at or r.submitted_at,
-            cpu_seconds=r.cpu_seconds or 0.0,
+            cpu_seconds=r.cpu_seconds,
             failed=r.state != "succeeded",
         )
         for r in records
@@ -162,7 +163,18 @@ def job_seconds(kind: str, params: dict[str, Any], timings: dict[str, list[JobTi
             statistics.median(t.finished_at - t.started_at for t in runs)
             for runs in timings.values()
         )
-    return min(statistics.median(t.cpu_seconds for t in runs) for runs in timings.values())
+    return min(
+        statistics.median(t.cpu_seconds for t in runs if t.cpu_seconds is not None)
+        for runs in timings.values()
+        if any(t.cpu_seconds is not None for t in runs)
+    )
+
+
+def pool_cpu_seconds(celery: Celery, nodes: list[str]) -> float:
+    """CPU seconds the worker processes have used so far (user + system), from Celery's
+    inspection: what a job costs where a job's own CPU cannot be told apart."""
+    stats = celery.control.inspect(timeout=1.0, destination=nodes).stats() or {}
+    return sum(s["rusage"]["utime"] + s["rusage"]["stime"] for s in stats.values())
 
 
 def local_peak_rss(executor: str) -> int:
@@ -192,7 +204,12 @@ def run_experiment(
         for target_kind, name in request.targets:
             progress = Progress(experiments, experiment, name)
             if target_kind == "pool":
+                nodes = [w.node for w in topo.workers[name]]
+                cpu_before = pool_cpu_seconds(celery, nodes)
                 timings[name] = run_pool_target(jobs, celery, experiment, name, progress)
+                if all(t.cpu_seconds is None for t in timings[name]):
+                    share = (pool_cpu_seconds(celery, nodes) - cpu_before) / len(timings[name])
+                    timings[name] = [replace(t, cpu_seconds=share) for t in timings[name]]
                 concurrency[name] = sum(w.concurrency for w in topo.workers[name])
                 after = topology(celery, redis_version).workers[name]
                 peak_rss[name] = max((w.max_rss_bytes or 0 for w in after), default=0) or None

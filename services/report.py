@@ -33,7 +33,9 @@ class TargetReport(BaseModel):
     latency_s: Percentiles = Field(..., description="Submission to finish.")
     queue_wait_s: Percentiles = Field(..., description="Submission to start.")
     run_time_s: Percentiles = Field(..., description="Start to finish.")
-    cpu_seconds_per_job: float
+    cpu_seconds_per_job: float = Field(
+        ..., description="The job's own CPU time; on gevent, the pool processes' CPU / jobs."
+    )
     peak_rss_bytes: int | None = Field(None, description="Of the processes that ran the jobs.")
     ideal_makespan_s: float
     efficiency: float = Field(..., description="ideal / makespan, in (0, 1].")
@@ -44,7 +46,7 @@ class JobTiming:
     submitted_at: float
     started_at: float
     finished_at: float
-    cpu_seconds: float
+    cpu_seconds: float | None  # None where it cannot be told per job (greenlets)
     failed: bool
 
 
@@ -98,7 +100,9 @@ def measure(
         latency_s=percentiles([t.finished_at - t.submitted_at for t in timings]),
         queue_wait_s=percentiles([t.started_at - t.submitted_at for t in timings]),
         run_time_s=percentiles([t.finished_at - t.started_at for t in timings]),
-        cpu_seconds_per_job=round(statistics.fmean(t.cpu_seconds for t in timings), 6),
+        cpu_seconds_per_job=round(
+            statistics.fmean(t.cpu_seconds for t in timings if t.cpu_seconds is not None), 6
+        ),
         peak_rss_bytes=peak_rss_bytes,
         ideal_makespan_s=round(ideal_s, 6),
         # Clock granularity can put a tiny job a hair under its bound; efficiency stays

@@ -20,6 +20,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, TimeLimitExceeded
 from celery.signals import task_failure, task_received
+from gevent import monkey as gevent_monkey
 
 from services import keys
 from services.broker import RUN_JOB_TASK, get_celery
@@ -29,6 +30,8 @@ from services.workloads import CATALOG
 from worker.leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
+# True in a gevent worker: `celery worker -P gevent` patches the standard library first.
+GREENLETS = gevent_monkey.is_module_patched("threading")
 T = TypeVar("T")
 app = get_celery()
 
@@ -162,7 +165,12 @@ def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
     patiently(lambda: store.transition(job_id, {JobState.running}, final, fields=fields))
 
 
-def cpu_since(started: float) -> float:
+def cpu_since(started: float) -> float | None:
+    """The job's CPU time on its thread. Greenlets share one thread, so under gevent this
+    would count every greenlet that ran meanwhile: unknown (None) there, and the lab
+    measures the pool process's CPU instead."""
+    if GREENLETS:
+        return None
     return round(time.thread_time() - started, 6)
 
 

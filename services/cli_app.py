@@ -1,0 +1,218 @@
+"""`jobrunner`: the command-line client of the HTTP API (the app and its small commands;
+`compare` is in services/cli_compare.py, the entry point in services/cli.py).
+
+It finds the API at --api, else JOBRUNNER_URL, else http://127.0.0.1:8000, and its key in
+JOBRUNNER_API_KEY, else in the key file `make run` writes (.run/api-key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import requests
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+FINAL = {"succeeded", "failed", "cancelled"}
+ApiOption = Annotated[str | None, typer.Option("--api", help="API URL; else $JOBRUNNER_URL.")]
+
+
+class ApiError(Exception):
+    """Said to the user in one line; the command exits non-zero."""
+
+
+def api_key() -> str | None:
+    if os.environ.get("JOBRUNNER_API_KEY"):
+        return os.environ["JOBRUNNER_API_KEY"]
+    key_file = Path(os.environ.get("JOBRUNNER_RUN_DIR", ".run")) / "api-key"
+    return key_file.read_text().strip() if key_file.exists() else None
+
+
+class Client:
+    def __init__(self, api: str | None) -> None:
+        self.base = (api or os.environ.get("JOBRUNNER_URL") or "http://127.0.0.1:8000").rstrip("/")
+        self.session = requests.Session()
+        if key := api_key():
+            self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self.session.request(method, self.base + path, timeout=30, **kwargs)
+        except requests.ConnectionError:
+            raise ApiError(
+                f"no jobrunner API at {self.base} - start one with `make run`, or point "
+                "--api / JOBRUNNER_URL at yours"
+            ) from None
+        if response.status_code >= 400:
+            raise ApiError(describe_problem(response))
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.call(method, path, **kwargs).json()
+
+
+def describe_problem(response: requests.Response) -> str:
+    """One line from a problem+json answer: title, detail, the failing fields."""
+    try:
+        problem = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    line = f"{problem.get('title', 'Error')} ({response.status_code}): {problem.get('detail', '')}"
+    if response.status_code == 401:
+        line += (
+            " - set JOBRUNNER_API_KEY, or run from the folder where `make run` wrote .run/api-key"
+        )
+    return line
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value`; the value is JSON when it parses (3, 0.5, true, [1]), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"{text!r}: want key=value")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def params_of(items: list[str]) -> dict[str, Any]:
+    return dict(parse_param(item) for item in items)
+
+
+def show_record(record: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None)
+    for name in ("id", "workload", "pool", "state", "attempts", "worker_node", "result", "error"):
+        value = record.get(name)
+        if value is not None:
+            table.add_row(
+                f"[bold]{name}[/]", json.dumps(value) if not isinstance(value, str) else value
+            )
+    if record.get("finished_at") and record.get("submitted_at"):
+        table.add_row("[bold]took[/]", f"{record['finished_at'] - record['submitted_at']:.3f} s")
+    console.print(table)
+
+
+def run(command: Any) -> None:
+    try:
+        command()
+    except ApiError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def submit(
+    workload: Annotated[
+        str | None, typer.Argument(help="A workload from `jobrunner workloads`.")
+    ] = None,
+    param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, repeatable.")] = [],  # noqa: B006
+    pool: Annotated[str | None, typer.Option(help="threads, prefork or gevent.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job is final.")] = False,
+    api: ApiOption = None,
+) -> None:
+    """Submit a job; with --wait, show a spinner until it is final."""
+    client = Client(api)
+
+    def go() -> None:
+        if not workload:
+            raise ApiError("name a WORKLOAD (see `jobrunner workloads`)")
+        body: dict[str, Any] = {"workload": workload, "params": params_of(param)}
+        if pool:
+            body["pool"] = pool
+        record = client.json("POST", "/jobs", json=body)
+        if not wait:
+            show_record(record)
+            return
+        with console.status(f"{workload} on {record['pool']}: {record['state']}") as status:
+            while record["state"] not in FINAL:
+                time.sleep(0.1)
+                record = client.json("GET", f"/jobs/{record['id']}")
+                status.update(f"{workload} on {record['pool']}: {record['state']}")
+        show_record(record)
+        if record["state"] != "succeeded":
+            raise typer.Exit(2)
+
+    run(go)
+
+
+@app.command()
+def status(job_id: str, api: ApiOption = None) -> None:
+    """A job's state, where it ran, its result or error."""
+    run(lambda: show_record(Client(api).json("GET", f"/jobs/{job_id}")))
+
+
+@app.command()
+def cancel(job_id: str, api: ApiOption = None) -> None:
+    """Cancel a job (queued: never runs; running on prefork: stopped)."""
+    run(lambda: show_record(Client(api).json("DELETE", f"/jobs/{job_id}")))
+
+
+@app.command()
+def jobs(
+    state: Annotated[str | None, typer.Option()] = None,
+    pool: Annotated[str | None, typer.Option()] = None,
+    workload: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+    api: ApiOption = None,
+) -> None:
+    """Recent jobs, newest first."""
+
+    def go() -> None:
+        query = {k: v for k, v in dict(state=state, pool=pool, workload=workload).items() if v}
+        page = Client(api).json("GET", "/jobs", params={**query, "limit": limit})
+        table = Table("id", "workload", "pool", "state", "attempts", "took (s)")
+        for job in page["jobs"]:
+            took = (
+                f"{job['finished_at'] - job['submitted_at']:.3f}" if job.get("finished_at") else ""
+            )
+            table.add_row(
+                job["id"], job["workload"], job["pool"], job["state"], str(job["attempts"]), took
+            )
+        console.print(table)
+
+    run(go)
+
+
+@app.command()
+def pools(api: ApiOption = None) -> None:
+    """The pools, what they can enforce, and their live workers."""
+
+    def go() -> None:
+        table = Table(
+            "pool", "suited to", "queued", "workers", "time limit", "terminate", "memory isolation"
+        )
+        for pool in Client(api).json("GET", "/pools")["pools"]:
+            caps = pool["capabilities"]
+            workers = ", ".join(f"{w['node']} (x{w['concurrency']})" for w in pool["workers"])
+            flags = ("hard_time_limit", "terminate_running", "memory_isolation")
+            table.add_row(
+                pool["name"], pool["suited_to"], str(pool["queued"]), workers or "[red]none[/]",
+                *("yes" if caps[flag] else "no" for flag in flags),
+            )  # fmt: skip
+        console.print(table)
+
+    run(go)
+
+
+@app.command()
+def workloads(api: ApiOption = None) -> None:
+    """The workload catalog."""
+
+    def go() -> None:
+        table = Table("workload", "kind", "default pool", "params")
+        for w in Client(api).json("GET", "/workloads")["workloads"]:
+            params = ", ".join(w["params_schema"].get("properties", {}))
+            table.add_row(w["name"], w["kind"], w["default_pool"], params)
+        console.print(table)
+
+    run(go)

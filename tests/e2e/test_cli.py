@@ -1,0 +1,94 @@
+"""The `jobrunner` CLI as a user runs it, against the real stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.cli import parse_param
+from tests.stack import TEST_KEYS, Stack
+
+
+def cli(stack: Stack | None, *args: str, url: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JOBRUNNER_API_KEY": TEST_KEYS["admin"][1], "COLUMNS": "200"}
+    api = url or (stack.url if stack else "")
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args, "--api", api],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+def test_submit_wait_status_jobs_pools(stack: Stack) -> None:
+    done = cli(stack, "submit", "cpu_primes", "-p", "below=1000", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "succeeded" in done.stdout and "168" in done.stdout
+    job_id = next(
+        line.split()[1] for line in done.stdout.splitlines() if line.strip().startswith("id")
+    )
+    status = cli(stack, "status", job_id)
+    assert status.returncode == 0 and "cpu_primes" in status.stdout
+    listing = cli(stack, "jobs", "--workload", "cpu_primes", "--limit", "5")
+    assert listing.returncode == 0 and job_id in listing.stdout
+    pools = cli(stack, "pools")
+    assert pools.returncode == 0
+    assert all(name in pools.stdout for name in ("threads", "prefork", "gevent"))
+    assert "workers" in pools.stdout
+    catalog = cli(stack, "workloads")
+    assert catalog.returncode == 0 and "http_get" in catalog.stdout
+
+
+def test_a_failed_job_exits_non_zero(stack: Stack) -> None:
+    failed = cli(stack, "submit", "http_get", "-p", "url=http://127.0.0.1:9/", "--wait")
+    assert failed.returncode == 2
+    assert "failed" in failed.stdout and "ConnectionError" in failed.stdout
+
+
+def test_api_errors_are_one_clear_line(stack: Stack) -> None:
+    bad = cli(stack, "submit", "mine_bitcoin")
+    assert bad.returncode == 1
+    assert "Validation failed (422)" in bad.stderr and "sleep" in bad.stderr
+    assert "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_unreachable_api_says_how_to_start_one() -> None:
+    answer = cli(None, "pools", url="http://127.0.0.1:9")
+    assert answer.returncode == 1
+    assert "no jobrunner API at http://127.0.0.1:9" in answer.stderr and "make run" in answer.stderr
+    assert "Traceback" not in answer.stderr
+
+
+def test_compare_writes_report_and_chart(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    answer = cli(
+        stack, "compare", "sleep", "-p", "seconds=0.05", "--count", "10",
+        "--pools", "threads,gevent", "--local", "sequential,asyncio", "--concurrency", "5",
+        "--out", str(out),
+    )  # fmt: skip
+    assert answer.returncode == 0, answer.stderr + answer.stdout
+    assert "efficiency" in answer.stdout and "fastest is" in answer.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert {t["target"] for t in report["report"]["targets"]} == {
+        "threads", "gevent", "sequential", "asyncio",
+    }  # fmt: skip
+    assert "| target |" in (out / "report.md").read_text()
+    assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    assert b"<svg" in (out / "chart.svg").read_bytes()[:500]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("seconds=0.5", ("seconds", 0.5)),
+        ("rounds=1000", ("rounds", 1000)),
+        ("url=http://x/?a=b", ("url", "http://x/?a=b")),
+        ("value=[1, 2]", ("value", [1, 2])),
+        ("flag=true", ("flag", True)),
+    ],
+)
+def test_param_values_are_json_when_they_parse(text: str, expected: tuple) -> None:
+    assert parse_param(text) == expected
