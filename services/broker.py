@@ -38,6 +38,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
             # defaults (10 * 10) a short visibility timeout would still wait 100 s.
             "unacked_restore_interval": max(1, min(10, visibility // 4)),
             "unacked_restore_throttle": 1,
+            # kombu's Redis channel keeps at most 10 connections by default; a gevent
+            # worker acknowledging 100 jobs at once ran out ("Couldn't ack ...
+            # MaxConnectionsError") and dropped its consumer. Connections open on demand.
+            "max_connections": 1_000,
         },
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,

@@ -82,9 +82,17 @@ def http_get(url: str, timeout: float = 10) -> dict[str, Any]:
     if not http_host_allowed(url):
         raise WorkloadError(f"host of {url!r} is not in JOB_HTTP_ALLOWED_HOSTS")
     started = time.perf_counter()
-    # No redirects: a redirect could lead off the allow-list.
+    deadline = started + timeout
+    body = b""
+    # No redirects: a redirect could lead off the allow-list. The body is read in chunks
+    # against one deadline, so a server dripping bytes cannot hold the job past `timeout`.
     with requests.get(url, timeout=timeout, allow_redirects=False, stream=True) as response:
-        body = response.raw.read(HTTP_MAX_BODY_BYTES + 1, decode_content=True)
+        for chunk in response.iter_content(chunk_size=65_536):
+            body += chunk
+            if len(body) > HTTP_MAX_BODY_BYTES:
+                break
+            if time.perf_counter() > deadline:
+                raise requests.Timeout(f"reading {url} took longer than {timeout} s")
     return {
         "status": response.status_code,
         "bytes": min(len(body), HTTP_MAX_BODY_BYTES),

@@ -119,6 +119,17 @@ def test_readme_commands_work_when_pasted(local_run: LocalRun) -> None:
     assert "Unauthorized" not in out and '"status": 5' not in out
 
 
+def test_readme_lab_commands_work_when_pasted(local_run: LocalRun) -> None:
+    script = readme_block("lab").replace("127.0.0.1:8000", local_run.url.removeprefix("http://"))
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=local_run.workdir, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert '"verdict"' in result.stdout and '"efficiency"' in result.stdout
+    assert b"<svg" in (local_run.workdir / "chart.svg").read_bytes()[:500]
+
+
 def test_a_worker_that_dies_is_started_again(local_run: LocalRun) -> None:
     runner = psutil.Process(local_run.process.pid)
     gevent = next(p for p in runner.children() if "gevent" in " ".join(p.cmdline()))

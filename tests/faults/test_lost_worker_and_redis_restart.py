@@ -65,6 +65,18 @@ def test_job_of_a_killed_worker_finishes_on_another(fault_stack: Stack, pool: st
     stack.wait_ready()
 
 
+def test_job_of_a_killed_prefork_child_runs_again(fault_stack: Stack) -> None:
+    """Only the pool process dies (the OOM killer's favourite); its worker lives on."""
+    stack = fault_stack
+    record = stack.submit("sleep", {"seconds": 2}, pool="prefork")
+    (running,) = stack.wait_for([record["id"]], states={"running"})
+    os.kill(running["worker_pid"], signal.SIGKILL)  # the child that runs the job
+    (done,) = stack.wait_for([record["id"]], timeout=60)
+    assert done["state"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert done["worker_pid"] != running["worker_pid"]
+
+
 def test_redis_restart_loses_no_accepted_job(fault_stack: Stack) -> None:
     stack = fault_stack
     assert stack.redis_server is not None

@@ -7,7 +7,12 @@ Timings come from the worker's own timestamps, not from the test's polling.
 from __future__ import annotations
 
 import pytest
+import redis
 
+from services.broker import make_celery
+from services.jobs import JobStore
+from services.settings import Settings
+from services.submission import JobSpec, submit_job
 from tests.stack import Stack, makespan
 
 
@@ -34,3 +39,25 @@ def test_cpu_bound_jobs_scale_on_prefork_not_on_threads(stack: Stack) -> None:
         by_pool[pool] = makespan(records)
     ratio = by_pool["threads"] / by_pool["prefork"]
     assert ratio >= 1.3, f"prefork only {ratio:.2f}x faster than threads ({by_pool})"
+
+
+def test_gevent_at_full_concurrency_acks_every_job(stack: Stack) -> None:
+    """Many greenlets finishing at once all acknowledge over the broker's connection pool;
+    a pool smaller than the concurrency made acks fail and the consumer reconnect."""
+    extra = stack.start_worker("gevent", 100)  # the default gevent concurrency
+    stack.wait_ready()
+    # Submitted straight through submit_job (no HTTP), so they arrive - and finish -
+    # nearly together, as they do when the lab or a batch sends them.
+    settings = Settings(redis_url=stack.redis_server.url)
+    store = JobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), 3600)
+    celery = make_celery(settings)
+    spec = JobSpec(workload="sleep", params={"seconds": 0.3}, pool="gevent")
+    ids = [submit_job(store, celery, spec).id for _ in range(300)]
+    try:
+        records = stack.wait_for(ids, timeout=60)
+    finally:
+        stack.stop_worker(extra)
+    assert all(r["state"] == "succeeded" for r in records)
+    logs = "".join(w.log_path.read_text() for w in [*stack.workers, extra] if w.pool == "gevent")
+    assert "Couldn't ack" not in logs
+    assert "Connection to broker lost" not in logs

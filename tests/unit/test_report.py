@@ -1,0 +1,61 @@
+"""The lab's arithmetic: percentiles, the ideal bound, efficiency, the verdict."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.report import JobTiming, ideal_makespan, measure, percentile
+from services.verdict import verdict
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 95) == 95
+    assert percentile(values, 99) == 99
+    assert percentile([3.0], 99) == 3.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "count", "concurrency", "seconds", "cores", "expected"),
+    [
+        ("io", 20, 8, 0.2, 2, 0.6),  # ceil(20 / 8) = 3 rounds of 0.2 s
+        ("io", 1000, 100, 1.0, 2, 10.0),
+        ("cpu", 8, 8, 0.5, 2, 2.0),  # 8 x 0.5 s of CPU on 2 cores, not 8
+        ("cpu", 8, 1, 0.5, 2, 4.0),
+    ],
+)
+def test_ideal_makespan(
+    kind: str, count: int, concurrency: int, seconds: float, cores: int, expected: float
+) -> None:
+    assert ideal_makespan(kind, count, concurrency, seconds, cores) == pytest.approx(expected)
+
+
+def timings(starts: list[float], run: float) -> list[JobTiming]:
+    return [JobTiming(0.0, s, s + run, run, False) for s in starts]
+
+
+def test_measure_and_efficiency() -> None:
+    report = measure("threads", "pool", timings([0.0, 0.0, 0.1, 0.1], 0.1), 2, 0.2, None)
+    assert report.makespan_s == pytest.approx(0.2)
+    assert report.throughput_per_s == pytest.approx(20)
+    assert report.efficiency == pytest.approx(1.0)
+    assert report.queue_wait_s.p50 == pytest.approx(0.0) and report.queue_wait_s.p99 == 0.1
+    slow = measure("sequential", "local", timings([0.0, 0.1, 0.2, 0.3], 0.1), 1, 0.2, None)
+    assert slow.efficiency == pytest.approx(0.5)
+
+
+def test_verdict_for_cpu_names_the_gil_with_the_ratio() -> None:
+    threads = measure("threads", "pool", timings([0, 0.1, 0.2, 0.3], 0.1), 8, 0.2, None)
+    prefork = measure("prefork", "pool", timings([0, 0, 0.1, 0.1], 0.1), 2, 0.2, None)
+    lines = verdict("cpu_hash", "cpu", 4, [threads, prefork])
+    assert "fastest is prefork" in lines[0]
+    assert any("prefork 2.0x faster than threads" in line and "GIL" in line for line in lines)
+
+
+def test_verdict_for_io_reports_efficiency_of_each() -> None:
+    gevent = measure("gevent", "pool", timings([0, 0, 0, 0], 0.1), 100, 0.1, None)
+    sequential = measure("sequential", "local", timings([0, 0.1, 0.2, 0.3], 0.1), 1, 0.4, None)
+    lines = verdict("sleep", "io", 4, [gevent, sequential])
+    assert any("gevent at 100% of ideal (concurrency 100)" in line for line in lines)
+    assert any("greenlet" in line for line in lines)
