@@ -6,8 +6,9 @@ import logging
 
 import redis
 from flask import Flask, Response, json
+from werkzeug.routing import BaseConverter
 
-from api import catalog, experiments, health, jobs, lab, pools
+from api import batch, catalog, experiments, health, jobs, lab, pools
 from api.auth import install_auth
 from api.context import ApiContext
 from api.errors import install_error_handlers
@@ -18,9 +19,17 @@ from services.jobs import JobStore
 from services.settings import Settings, get_settings
 
 
+class JobIdConverter(BaseConverter):
+    """A job id: any path segment but "batch", so /jobs/batch is never read as a job
+    (and OPTIONS /jobs/batch advertises only its own methods)."""
+
+    regex = r"(?!batch/?$)[^/]+"
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     app = Flask("jobrunner")
+    app.url_map.converters["job_id"] = JobIdConverter
     # Flask answers 413 for a larger body before any view reads it.
     app.config["MAX_CONTENT_LENGTH"] = settings.job_max_body_bytes
     client = redis.Redis.from_url(
@@ -31,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         store=JobStore(client, settings.job_result_ttl),
         celery=make_celery(settings),
     )
-    for module in (jobs, catalog, pools, health, lab, experiments):
+    for module in (batch, jobs, catalog, pools, health, lab, experiments):
         app.register_blueprint(module.blueprint)
     install_error_handlers(app)
     install_auth(app)

@@ -142,7 +142,7 @@ def broker_problem() -> Problem:
     )  # fmt: skip
 
 
-@blueprint.post("/jobs/<job_id>/retry")
+@blueprint.post("/jobs/<job_id:job_id>/retry")
 @spec.validate(
     resp=SpecResponse(HTTP_202=JobRecord, **problem_responses(404, 409, 503)),
     tags=["jobs"],
@@ -164,7 +164,7 @@ def retry_job(job_id: str) -> Response:
     return record_response(requeued, 202)
 
 
-@blueprint.get("/jobs/<job_id>")
+@blueprint.get("/jobs/<job_id:job_id>")
 @spec.validate(
     resp=SpecResponse(HTTP_200=JobRecord, **problem_responses(404)),
     tags=["jobs"],
@@ -199,7 +199,7 @@ def list_jobs() -> Response:
     return Response(page.model_dump_json(), 200, mimetype="application/json")
 
 
-@blueprint.delete("/jobs/<job_id>")
+@blueprint.delete("/jobs/<job_id:job_id>")
 @spec.validate(
     resp=SpecResponse(HTTP_200=JobRecord, **problem_responses(404, 409)),
     tags=["jobs"],

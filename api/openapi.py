@@ -42,6 +42,11 @@ def document() -> dict[str, Any]:
     }
     for path, operations in doc.get("paths", {}).items():
         for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                # spectree does not know our job_id converter: it is a string, never
+                # "batch" (that path is /jobs/batch).
+                if parameter.get("in") == "path" and not parameter.get("schema"):
+                    parameter["schema"] = {"type": "string", "pattern": "^(?!batch$)[^/]+$"}
             responses = operation.setdefault("responses", {})
             for status, answer in responses.items():
                 content = answer.get("content", {})

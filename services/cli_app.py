@@ -118,14 +118,20 @@ def submit(
     param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, repeatable.")] = [],  # noqa: B006
     pool: Annotated[str | None, typer.Option(help="threads, prefork or gevent.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job is final.")] = False,
+    batch: Annotated[
+        Path | None, typer.Option(help="A file of jobs: JSON lines, or a JSON array.")
+    ] = None,
     api: ApiOption = None,
 ) -> None:
-    """Submit a job; with --wait, show a spinner until it is final."""
+    """Submit a job (with --wait, a spinner until it is final), or a file with --batch."""
     client = Client(api)
 
     def go() -> None:
+        if batch is not None:
+            submit_batch(client, batch)
+            return
         if not workload:
-            raise ApiError("name a WORKLOAD (see `jobrunner workloads`)")
+            raise ApiError("name a WORKLOAD (see `jobrunner workloads`), or give --batch FILE")
         body: dict[str, Any] = {"workload": workload, "params": params_of(param)}
         if pool:
             body["pool"] = pool
@@ -143,6 +149,29 @@ def submit(
             raise typer.Exit(2)
 
     run(go)
+
+
+def submit_batch(client: Client, path: Path) -> None:
+    """POST /jobs/batch, 1,000 jobs a request; each request is all or nothing."""
+    text = path.read_text()
+    try:
+        if text.lstrip().startswith("["):
+            jobs = json.loads(text)
+        else:
+            jobs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as exc:
+        raise ApiError(f"{path}: neither JSON lines nor a JSON array ({exc})") from None
+    accepted = 0
+    for start in range(0, len(jobs), 1_000):
+        chunk = jobs[start : start + 1_000]
+        try:
+            answer = client.json("POST", "/jobs/batch", json={"jobs": chunk})
+        except ApiError as exc:
+            raise ApiError(
+                f"jobs {start}..{start + len(chunk) - 1}: {exc} ({accepted} accepted before)"
+            ) from None
+        accepted += len(answer["jobs"])
+    console.print(f"accepted {accepted} jobs")
 
 
 @app.command()

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker and job store.")
     job_result_ttl: int = Field(86_400, ge=60, description="Seconds a job record is kept.")
     job_max_body_bytes: int = Field(65_536, ge=1_024, description="Largest accepted request body.")
+    job_max_batch_body_bytes: int = Field(
+        1_048_576, ge=1_024, description="Largest body of POST /jobs/batch."
+    )
     job_http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1", "localhost"],
         description="Hosts the http_get workload may reach (comma separated).",

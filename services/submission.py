@@ -95,6 +95,32 @@ def submit_job(
     return record
 
 
+def submit_jobs(store: JobStore, celery: Celery, specs: list[JobSpec]) -> list[JobRecord]:
+    """Submit many jobs in two pipelined round trips: every record in one transaction,
+    then every message in one kombu publish batch. All or nothing: if the messages cannot
+    be sent, the records are removed again and BrokerUnavailable is raised."""
+    records = [new_record(spec) for spec in specs]
+    try:
+        pipe = store.redis.pipeline(transaction=True)
+        for record in records:
+            store.create(record, pipe=pipe)
+        pipe.execute()
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(str(exc)) from exc
+    try:
+        with celery.producer_or_acquire() as producer, producer.batch(max_size=len(records)):
+            for record in records:
+                celery.send_task(
+                    RUN_JOB_TASK, args=[record.id], producer=producer, **send_options(record)
+                )
+    except (OperationalError, redis.RedisError) as exc:
+        with contextlib.suppress(redis.RedisError):
+            for record in records:
+                store.delete(record)
+        raise BrokerUnavailable(str(exc)) from exc
+    return records
+
+
 def requeue_job(store: JobStore, celery: Celery, job_id: str) -> JobRecord | None:
     """Queue a failed or cancelled job again (POST /jobs/<id>/retry).
 

@@ -133,7 +133,7 @@ class Stack:
                 answered = {node for reply in celery.control.ping(timeout=0.5) for node in reply}
                 if ready and expected <= answered:
                     return
-            except requests.RequestException:
+            except Exception:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"stack not ready in {timeout}s; logs in {self.workdir}")

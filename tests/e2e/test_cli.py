@@ -92,3 +92,18 @@ def test_compare_writes_report_and_chart(stack: Stack, tmp_path: Path) -> None:
 )
 def test_param_values_are_json_when_they_parse(text: str, expected: tuple) -> None:
     assert parse_param(text) == expected
+
+
+def test_submit_batch_from_a_file(stack: Stack, tmp_path: Path) -> None:
+    good = tmp_path / "jobs.jsonl"
+    good.write_text(
+        "\n".join(json.dumps({"workload": "noop", "params": {"value": i}}) for i in range(3))
+    )
+    answer = cli(stack, "submit", "--batch", str(good))
+    assert answer.returncode == 0, answer.stderr
+    assert "accepted 3 jobs" in answer.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"workload": "noop"}, {"workload": "sleep", "params": {}}]))
+    refused = cli(stack, "submit", "--batch", str(bad))
+    assert refused.returncode == 1
+    assert "jobs.1.params.seconds" in refused.stderr and "0 accepted" in refused.stderr
