@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response
 from spectree import Response as SpecResponse
 
@@ -11,34 +9,13 @@ from api.context import api_context
 from api.errors import problem_responses
 from api.models import PoolCapabilities, PoolInfo, PoolList, WorkerInfo
 from api.openapi import spec
+from services.inspection import live_workers
 from services.pools import POOLS
 
 blueprint = Blueprint("pools", __name__)
 
 # How long GET /pools waits for workers to answer the broadcast.
 INSPECT_TIMEOUT_SECONDS = 1.0
-
-
-def live_workers() -> dict[str, list[WorkerInfo]]:
-    """Workers that answered, grouped by the pool whose queue they consume."""
-    inspect = api_context().celery.control.inspect(timeout=INSPECT_TIMEOUT_SECONDS)
-    queues: dict[str, Any] = inspect.active_queues() or {}
-    stats: dict[str, Any] = inspect.stats() or {}
-    by_queue = {p.queue: p.name for p in POOLS.values()}
-    found: dict[str, list[WorkerInfo]] = {name: [] for name in POOLS}
-    for node, consumed in sorted(queues.items()):
-        node_stats = stats.get(node, {})
-        for queue in consumed:
-            pool = by_queue.get(queue.get("name"))
-            if pool:
-                found[pool].append(
-                    WorkerInfo(
-                        node=node,
-                        concurrency=node_stats.get("pool", {}).get("max-concurrency"),
-                        pid=node_stats.get("pid"),
-                    )
-                )
-    return found
 
 
 @blueprint.get("/pools")
@@ -49,7 +26,7 @@ def live_workers() -> dict[str, list[WorkerInfo]]:
 )
 def list_pools() -> Response:
     """The pools, their capabilities, queue depth and the workers serving them now."""
-    workers = live_workers()
+    workers = live_workers(api_context().celery, INSPECT_TIMEOUT_SECONDS)
     redis = api_context().store.redis
     body = PoolList(
         pools=[
@@ -62,7 +39,10 @@ def list_pools() -> Response:
                     terminate_running=p.terminate_running,
                     memory_isolation=p.memory_isolation,
                 ),
-                workers=workers[p.name],
+                workers=[
+                    WorkerInfo(node=w.node, concurrency=w.concurrency, pid=w.pid)
+                    for w in workers[p.name]
+                ],
                 queued=redis.llen(p.queue),
             )
             for p in POOLS.values()

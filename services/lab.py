@@ -28,8 +28,8 @@ from services.experiments import (
     Topology,
     WorkerTopology,
 )
+from services.inspection import live_workers
 from services.jobs import FINAL_STATES, JobStore
-from services.pools import POOLS
 from services.report import JobTiming, ideal_makespan, measure
 from services.submission import JobSpec, submit_jobs
 from services.verdict import verdict
@@ -45,25 +45,15 @@ class ExperimentFailed(Exception):
 
 
 def topology(celery: Celery, redis_version: str | None) -> Topology:
-    inspect = celery.control.inspect(timeout=1.0)
-    queues = inspect.active_queues() or {}
-    stats = inspect.stats() or {}
-    by_queue = {p.queue: p.name for p in POOLS.values()}
-    workers: dict[str, list[WorkerTopology]] = {name: [] for name in POOLS}
-    for node, consumed in sorted(queues.items()):
-        node_stats = stats.get(node, {})
-        for queue in consumed:
-            pool = by_queue.get(queue.get("name"))
-            if pool:
-                workers[pool].append(
-                    WorkerTopology(
-                        node=node,
-                        concurrency=node_stats.get("pool", {}).get("max-concurrency", 1),
-                        pid=node_stats.get("pid"),
-                        # Linux reports ru_maxrss in KiB.
-                        max_rss_bytes=node_stats.get("rusage", {}).get("maxrss", 0) * 1024 or None,
-                    )
-                )
+    workers = {
+        pool: [
+            WorkerTopology(
+                node=w.node, concurrency=w.concurrency, pid=w.pid, max_rss_bytes=w.max_rss_bytes
+            )
+            for w in found
+        ]
+        for pool, found in live_workers(celery).items()
+    }
     return Topology(
         cores=os.cpu_count() or 1,
         host=socket.gethostname(),
