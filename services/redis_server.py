@@ -38,10 +38,17 @@ class RedisServer:
     survives a kill), which is what the fault tests need.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, password: str | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        password: str | None = None,
+        fsync: str = "always",
+    ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.password = password
+        self.fsync = fsync  # "everysec" for benchmarks: what compose runs
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +64,7 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", self.fsync,
             "--save", "",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Benchmarks: jobrunner against stock Celery (and Flower), measured in the same run."""
