@@ -35,8 +35,10 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# ARGS=--quick for a shorter run. wrk (Debian: apt-get install -y wrk) drives the HTTP load.
 bench: $(STAMP)
-	$(PY) -m bench.run
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache
