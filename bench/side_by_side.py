@@ -524,7 +524,11 @@ def main() -> None:
         print(about, f"load average {load:.2f}", f"logs in {workdir}")
         for name in [s for s in args.only.split(",") if s] or list(STEPS):
             print(f"== {name}")
-            STEPS[name](b)
+            try:
+                STEPS[name](b)
+            except Exception as exc:  # one broken figure must not lose the others
+                print(f"  {name} failed: {exc!r}; logs in {workdir}")
+                b.rows.append(Row(name, "-", "-", note=f"not measured: {type(exc).__name__}"))
     finally:
         for proc in list(b.procs):
             b.stop(proc)
