@@ -102,8 +102,10 @@ def _score(submitted_at: float) -> int:
 
 # Moves a job from one of the allowed states to a new one, setting fields as it goes, and
 # keeps the per-state index in step. running -> running (a redelivery taking over) needs
-# the running worker's lease to have expired. Returns {moved (1/0), previous state}, or nil when
-# the record does not exist (expired, or never accepted).
+# the running worker's lease to have expired. ARGV[4] holds flags: 'a' counts an attempt,
+# 'r' returns the record as it is after the move (saves the worker a round trip).
+# Returns {moved (1/0), previous state[, record]}, or nil when the record does not exist
+# (expired, or never accepted).
 _TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
@@ -118,12 +120,15 @@ if state == 'running' and new_state == 'running' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
   if lease > tonumber(ARGV[5]) then return {0, state} end
 end
-if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+if string.find(ARGV[4], 'a') then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 redis.call('HSET', KEYS[1], 'state', new_state, unpack(ARGV, 6))
 if state ~= new_state then
   local score = redis.call('HGET', KEYS[1], 'score')
   redis.call('ZREM', KEYS[2] .. state, id)
   redis.call('ZADD', KEYS[2] .. new_state, score, id)
+end
+if string.find(ARGV[4], 'r') then
+  return {1, state, redis.call('HGETALL', KEYS[1])}
 end
 return {1, state}
 """
@@ -147,14 +152,20 @@ class JobStore:
         key = keys.job(record.id)
         pipe.hset(key, mapping={**_encode(record), "score": str(score)})
         pipe.expire(key, self.ttl)
-        oldest_kept = _score(time.time() - self.ttl)
         for index in self._indexes(record):
             pipe.zadd(index, {record.id: score})
-            # Ids whose record has expired leave the index here, so it stays the size of
-            # the records actually kept.
-            pipe.zremrangebyscore(index, "-inf", f"({oldest_kept}")
         if own:
             pipe.execute()
+
+    def prune_indexes(self) -> int:
+        """Drop the ids of expired records from every index, so each stays the size of
+        the records kept. Run now and then (the workers' sweep), not on every create:
+        that cost four commands a job."""
+        oldest_kept = _score(time.time() - self.ttl)
+        removed = 0
+        for index in self.redis.scan_iter(match=f"{keys.job_index()}*", count=1_000):
+            removed += self.redis.zremrangebyscore(index, "-inf", f"({oldest_kept}")
+        return removed
 
     def delete(self, record: JobRecord) -> None:
         """Remove a record that was never accepted (the broker refused its message)."""
@@ -171,20 +182,26 @@ class JobStore:
         to: JobState,
         fields: dict[str, Any] | None = None,
         count_attempt: bool = False,
-    ) -> tuple[bool, JobState] | None:
+        return_record: bool = False,
+    ) -> tuple[bool, JobState] | tuple[bool, JobState, JobRecord] | None:
         """Move a job to `to` if its state is in `allowed_from`.
 
-        Returns (moved, previous state), or None when the record does not exist.
+        Returns (moved, previous state), with the record after the move appended when
+        `return_record` and it moved; None when the record does not exist.
         """
         args: list[Any] = [",".join(sorted(allowed_from)), job_id, str(to)]
-        args.extend(["1" if count_attempt else "0", time.time()])
+        flags = ("a" if count_attempt else "") + ("r" if return_record else "")
+        args.extend([flags or "-", time.time()])
         for name, value in (fields or {}).items():
             args.extend([name, _field_value(name, value)])
         answer = self._transition(keys=[keys.job(job_id), keys.job_index("state", "")], args=args)
         if answer is None:
             return None
-        moved, previous = answer
-        return bool(moved), JobState(previous.decode() if isinstance(previous, bytes) else previous)
+        moved, previous = answer[0], JobState(_text(answer[1]))
+        if len(answer) > 2:
+            flat = _text(answer[2])
+            return bool(moved), previous, _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return bool(moved), previous
 
     def renew_leases(self, job_ids: list[str], seconds: float) -> None:
         """Tell takeovers these jobs' worker is alive for `seconds` more (one round trip)."""

@@ -35,6 +35,7 @@ def sweep_forever(stop: threading.Event) -> None:
             # The lock expires by itself: a worker that dies mid-sweep blocks nobody.
             if store.redis.set(lock_key, "1", nx=True, ex=max(1, int(interval))):
                 requeue_lost_jobs(store, get_celery(), older_than)
+                store.prune_indexes()
         except redis.RedisError as exc:
             log.debug("reconcile skipped: %s", exc)
         except Exception:

@@ -109,12 +109,13 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
                 "worker_pid": os.getpid(),
             },
             count_attempt=True,
+            return_record=True,
         )
     )
     if claimed is None:
         log.warning("job %s has no record (expired or never accepted); skipped", job_id)
         return
-    moved, previous = claimed
+    moved, previous = claimed[0], claimed[1]
     if not moved and redelivered and previous == JobState.running:
         # Its worker may be alive (a duplicate) or dead with a lease not yet lapsed: look
         # again later. Once the job ends, that later look finds it final and stops.
@@ -128,10 +129,7 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
         # Cancelled while queued, or finished by an earlier delivery: never run twice.
         log.info("job %s is %s; not run", job_id, previous)
         return
-    record = patiently(lambda: store.get(job_id))
-    if record is None:
-        log.warning("job %s expired while it was being claimed", job_id)
-        return
+    record = claimed[2]
     leases.hold(job_id)
     try:
         run_claimed(self, store, record)

@@ -74,3 +74,17 @@ FILTERS = {
     "workload": {"workload": "sleep"},
     "state": {"state": "succeeded"},
 }
+
+
+def test_expired_ids_leave_every_index(store: JobStore) -> None:
+    short = JobStore(store.redis, ttl_seconds=60)
+    old = JobRecord(
+        id="expired-one", workload="noop", params={}, pool="gevent", pool_chosen_by="client",
+        state=JobState.queued, submitted_at=time.time() - 120,
+    )  # fmt: skip
+    short.create(old)
+    indexes = [i for i in short.redis.scan_iter(match="jobrunner:jobs*") if
+               short.redis.zscore(i, "expired-one") is not None]  # fmt: skip
+    assert len(indexes) == 4  # all, pool, workload, state
+    assert short.prune_indexes() >= 4
+    assert all(short.redis.zscore(i, "expired-one") is None for i in indexes)
