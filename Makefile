@@ -38,7 +38,7 @@ format: $(STAMP)
 # ARGS=--quick for a shorter run. wrk (Debian: apt-get install -y wrk) drives the HTTP load.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	$(PY) -m bench.run $(ARGS)
+	$(PY) -m bench.side_by_side $(ARGS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache

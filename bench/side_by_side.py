@@ -42,7 +42,9 @@ from tests.stack import Stack
 from worker.profiles import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "side_by_side.md"
+# Each run writes its table here; bench/RESULTS.md is the curated record (tables with
+# their commands, and what they mean), updated by hand from these.
+RESULTS = Path(__file__).resolve().parent / "latest-run.md"
 STOCK_APP = "bench.stock_celery"
 
 
