@@ -22,7 +22,6 @@ from celery.exceptions import Reject, TimeLimitExceeded
 from celery.signals import task_failure, task_received
 from gevent import monkey as gevent_monkey
 
-from services import keys
 from services.broker import RUN_JOB_TASK, get_celery
 from services.jobs import JobError, JobRecord, JobState, JobStore
 from services.settings import get_settings
@@ -39,9 +38,10 @@ app = get_celery()
 # queue. Long enough to ride out a Redis restart, short enough not to pin a slot forever.
 REDIS_PATIENCE_SECONDS = 60.0
 
-_SET_IF_EXISTS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-"""
+# Where the worker's main process leaves the moment it took a message. The request dict
+# travels with the job to the process or thread that runs it (prefork children included)
+# and comes back as an attribute of `self.request`, so stamping it costs no Redis call.
+RECEIVED_AT = "jobrunner_received_at"
 
 
 @lru_cache(maxsize=1)
@@ -59,15 +59,11 @@ leases = LeaseKeeper(job_store, float(get_settings().job_visibility_timeout))
 
 
 @task_received.connect
-def _record_received(request: Any = None, **_: Any) -> None:
-    """Stamp the moment the worker took the message, before it waits for a free slot."""
-    if request is None or request.name != RUN_JOB_TASK:
-        return
-    store = job_store()
-    try:
-        store.redis.eval(_SET_IF_EXISTS, 1, keys.job(request.id), "received_at", time.time())
-    except redis.RedisError:
-        log.warning("could not stamp received_at for %s", request.id)
+def _stamp_received(request: Any = None, **_: Any) -> None:
+    """Note the moment the worker took the message, before it waits for a free slot; the
+    claim writes it into the record with the rest."""
+    if request is not None and request.name == RUN_JOB_TASK:
+        request.request_dict[RECEIVED_AT] = time.time()
 
 
 def patiently(call: Callable[[], T]) -> T:
@@ -102,6 +98,7 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
             {JobState.queued, JobState.running} if redelivered else {JobState.queued},
             JobState.running,
             fields={
+                "received_at": getattr(self.request, RECEIVED_AT, None),
                 "lease_until": time.time() + leases.lease_seconds,
                 "started_at": time.time(),
                 "worker_host": socket.gethostname(),

@@ -44,8 +44,13 @@ def test_every_workload_runs_on_every_pool(stack: Stack, pool: str) -> None:
         assert record["pool"] == pool and record["pool_chosen_by"] == "client"
         assert record["worker_node"].startswith(f"{pool}-")
         assert record["worker_pid"] > 0 and record["attempts"] == 1
-        assert record["submitted_at"] <= record["started_at"] <= record["finished_at"]
-        assert record["received_at"] is not None
+        # received_at travels from the worker's consumer to the slot that ran the job.
+        assert (
+            record["submitted_at"]
+            <= record["received_at"]
+            <= record["started_at"]
+            <= record["finished_at"]
+        )
         if workload != "http_get":
             assert record["result"] == expected_result(workload, PARAMS[workload])
     assert records["http_get"]["result"]["status"] == 200
