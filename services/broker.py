@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from celery import Celery
 
+from services.redis_transport import TRANSPORT_PATH
 from services.settings import Settings, get_settings
 
 RUN_JOB_TASK = "jobrunner.run_job"
@@ -19,6 +20,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
     visibility = settings.job_visibility_timeout
     return {
         "broker_url": settings.redis_url,
+        # kombu's Redis transport minus a redis-py client built per command (see there).
+        "broker_transport": TRANSPORT_PATH,
         # Our job record in Redis is the result store (with its own TTL); Celery's result
         # backend would write a second copy of every result.
         "task_ignore_result": True,

@@ -74,8 +74,8 @@ class Stack:
 
     # -- starting ----------------------------------------------------------------------
 
-    def start_redis(self) -> None:
-        self.redis_server = RedisServer(self.workdir / "redis").start()
+    def start_redis(self, fsync: str = "always") -> None:
+        self.redis_server = RedisServer(self.workdir / "redis", fsync=fsync).start()
 
     @property
     def env(self) -> dict[str, str]:
