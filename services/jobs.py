@@ -160,14 +160,25 @@ class JobStore:
 
     def create(self, record: JobRecord, pipe: redis.client.Pipeline | None = None) -> None:
         """Store a new record and index it; inside `pipe` when the caller batches."""
+        self.create_many([record], pipe)
+
+    def create_many(
+        self, records: list[JobRecord], pipe: redis.client.Pipeline | None = None
+    ) -> None:
+        """Store new records and index them: two commands a record, and one ZADD per index
+        for all of them together. Inside `pipe` when the caller adds more (the messages)."""
         own = pipe is None
         pipe = pipe if pipe is not None else self.redis.pipeline(transaction=True)
-        score = _score(record.submitted_at)
-        key = keys.job(record.id)
-        pipe.hset(key, mapping={**_encode(record), "score": str(score)})
-        pipe.expire(key, self.ttl)
-        for index in self._indexes(record):
-            pipe.zadd(index, {record.id: score})
+        indexes: dict[str, dict[str, int]] = {}
+        for record in records:
+            score = _score(record.submitted_at)
+            key = keys.job(record.id)
+            pipe.hset(key, mapping={**_encode(record), "score": str(score)})
+            pipe.expire(key, self.ttl)
+            for index in self._indexes(record):
+                indexes.setdefault(index, {})[record.id] = score
+        for index, members in indexes.items():
+            pipe.zadd(index, members)
         if own:
             pipe.execute()
 
@@ -180,14 +191,6 @@ class JobStore:
         for index in self.redis.scan_iter(match=f"{keys.job_index()}*", count=1_000):
             removed += self.redis.zremrangebyscore(index, "-inf", f"({oldest_kept}")
         return removed
-
-    def delete(self, record: JobRecord) -> None:
-        """Remove a record that was never accepted (the broker refused its message)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(keys.job(record.id))
-        for index in self._indexes(record):
-            pipe.zrem(index, record.id)
-        pipe.execute()
 
     def transition(
         self,

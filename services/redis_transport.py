@@ -8,18 +8,24 @@ no-op jobs, those constructors were 18 % of the time the worker held the GIL.
 
 A `redis.Redis` over a connection pool is safe to share between threads and greenlets:
 every command checks a connection out of the pool and returns it. So a channel keeps one,
-made again whenever kombu replaces the pool (after a lost connection, say). Everything else
-is kombu's own transport, unchanged: same keys, same messages, same guarantees. The API
-(sending) and the workers (consuming) both use it through `broker_transport`.
+made again whenever kombu replaces the pool (after a lost connection, say).
+
+A channel can also hand back what it would have pushed (`collecting`), so that
+services.messages can let Celery and kombu build a message once and then write it into
+the same Redis transaction as the job's record. Everything else is kombu's own transport,
+unchanged: same keys, same messages, same guarantees. The API (sending) and the workers
+(consuming) both use it through `broker_transport`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 
 # What `broker_transport` names; kombu resolves "module:Class" paths itself.
 TRANSPORT_PATH = "services.redis_transport:Transport"
@@ -27,6 +33,24 @@ TRANSPORT_PATH = "services.redis_transport:Transport"
 
 class Channel(kombu_redis.Channel):
     _shared_client: redis.Redis | None = None
+    _collected: list[tuple[str, str]] | None = None
+
+    @contextmanager
+    def collecting(self) -> Iterator[list[tuple[str, str]]]:
+        """Messages published meanwhile are not pushed but listed, as (Redis list key,
+        payload): exactly what kombu would have LPUSHed."""
+        self._collected = collected = []
+        try:
+            yield collected
+        finally:
+            self._collected = None
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if self._collected is None:
+            return super()._put(queue, message, **kwargs)
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        self._collected.append((key, dumps(message)))
+        return None
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:

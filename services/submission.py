@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -14,6 +14,7 @@ from kombu.exceptions import OperationalError
 
 from services.broker import RUN_JOB_TASK
 from services.jobs import JobRecord, JobState, JobStore
+from services.messages import MessageFactory
 from services.pools import DEFAULT_POOL_FOR_KIND, POOLS
 from services.workloads import get_workload
 
@@ -65,9 +66,35 @@ def send_options(record: JobRecord) -> dict[str, Any]:
 
 
 def send_job_message(celery: Celery, record: JobRecord) -> None:
-    """Queue the message that makes a worker run `record`; BrokerUnavailable if it fails."""
+    """Queue the message for a record already stored (a retry, a reconciliation);
+    BrokerUnavailable if it fails."""
     try:
         celery.send_task(RUN_JOB_TASK, args=[record.id], retry=False, **send_options(record))
+    except (OperationalError, redis.RedisError) as exc:
+        raise BrokerUnavailable(str(exc)) from exc
+
+
+@lru_cache(maxsize=16)
+def message_factory(celery: Celery) -> MessageFactory:
+    return MessageFactory(celery)
+
+
+def store_and_send(store: JobStore, celery: Celery, records: list[JobRecord]) -> None:
+    """Every record, its index entries and its Celery message in one MULTI/EXEC: one round
+    trip, and all of them reach Redis or none does, so a worker never receives a job it
+    cannot find and no record waits for a message that was never sent."""
+    messages = message_factory(celery)
+    try:
+        pipe = store.redis.pipeline(transaction=True)
+        store.create_many(records, pipe)
+        queued: dict[str, list[str]] = {}
+        for record in records:
+            key, payload = messages.message(record.id, POOLS[record.pool].queue, record.time_limit)
+            queued.setdefault(key, []).append(payload)
+        for key, payloads in queued.items():
+            # kombu pushes at the head and pops at the tail: first submitted, first run.
+            pipe.lpush(key, *payloads)
+        pipe.execute()
     except (OperationalError, redis.RedisError) as exc:
         raise BrokerUnavailable(str(exc)) from exc
 
@@ -75,49 +102,17 @@ def send_job_message(celery: Celery, record: JobRecord) -> None:
 def submit_job(
     store: JobStore, celery: Celery, spec: JobSpec, job_id: str | None = None
 ) -> JobRecord:
-    """Record a job as queued and send it to its pool's queue.
-
-    The record is written before the message, so a worker never receives a job it cannot
-    find; if the send fails the record is removed again and BrokerUnavailable is raised.
-    """
+    """Record a job as queued and send it to its pool's queue; BrokerUnavailable (and
+    nothing stored) if Redis cannot take it."""
     record = new_record(spec, job_id)
-    try:
-        store.create(record)
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(str(exc)) from exc
-    try:
-        send_job_message(celery, record)
-    except BrokerUnavailable:
-        # If Redis is gone altogether, the orphan record expires with its TTL.
-        with contextlib.suppress(redis.RedisError):
-            store.delete(record)
-        raise
+    store_and_send(store, celery, [record])
     return record
 
 
 def submit_jobs(store: JobStore, celery: Celery, specs: list[JobSpec]) -> list[JobRecord]:
-    """Submit many jobs in two pipelined round trips: every record in one transaction,
-    then every message in one kombu publish batch. All or nothing: if the messages cannot
-    be sent, the records are removed again and BrokerUnavailable is raised."""
+    """Submit many jobs in one round trip, all or nothing (see store_and_send)."""
     records = [new_record(spec) for spec in specs]
-    try:
-        pipe = store.redis.pipeline(transaction=True)
-        for record in records:
-            store.create(record, pipe=pipe)
-        pipe.execute()
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(str(exc)) from exc
-    try:
-        with celery.producer_or_acquire() as producer, producer.batch(max_size=len(records)):
-            for record in records:
-                celery.send_task(
-                    RUN_JOB_TASK, args=[record.id], producer=producer, **send_options(record)
-                )
-    except (OperationalError, redis.RedisError) as exc:
-        with contextlib.suppress(redis.RedisError):
-            for record in records:
-                store.delete(record)
-        raise BrokerUnavailable(str(exc)) from exc
+    store_and_send(store, celery, records)
     return records
 
 
