@@ -72,7 +72,9 @@ _STORE_ONLY = frozenset({"score", "dispatched_at", "lease_until"})
 
 
 def _encode(record: JobRecord) -> dict[str, str]:
-    data = record.model_dump(mode="json")
+    # Fields at their default are left out (the decoder fills them in): a new record is
+    # half the bytes, and the scripts read a missing `attempts` or `lease_until` as 0.
+    data = record.model_dump(mode="json", exclude_defaults=True)
     out: dict[str, str] = {}
     for name, value in data.items():
         if name in _JSON_FIELDS:
