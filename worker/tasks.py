@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import redis
 from celery import Task
+from celery.backends.base import DisabledBackend
 from celery.exceptions import Reject, TimeLimitExceeded
 from celery.signals import task_failure, task_received
 from gevent import monkey as gevent_monkey
@@ -31,6 +32,10 @@ from worker.leases import LeaseKeeper
 log = logging.getLogger(__name__)
 # True in a gevent worker: `celery worker -P gevent` patches the standard library first.
 GREENLETS = gevent_monkey.is_module_patched("threading")
+if GREENLETS:
+    from worker import gevent_tuning
+
+    gevent_tuning.install()
 T = TypeVar("T")
 app = get_celery()
 
@@ -132,6 +137,15 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
         run_claimed(self, store, record)
     finally:
         leases.release(job_id)
+
+
+# Celery keeps the result backend per thread unless the backend says it is thread-safe,
+# and under gevent every greenlet is a thread: each job built a backend of its own
+# (celery#7960), 8 % of a gevent worker's time under py-spy, although jobrunner stores no
+# Celery results (the job record is the result; task_ignore_result). What the app has is
+# then Celery's DisabledBackend, which holds no state, so one serves every job.
+if isinstance(app.backend, DisabledBackend):
+    run_job.backend = app.backend
 
 
 def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
