@@ -33,8 +33,14 @@ class PoolProfile:
 POOLS: dict[str, PoolProfile] = {
     p.name: p
     for p in (
+        # 8 threads: enough to overlap a handful of blocking waits; past that the
+        # threads mostly queue for the one GIL (the lab's sleep sweep flattens there).
         PoolProfile("threads", "threads", 8, "io", False, False, False),
+        # 2 processes = the cores of the machines this was measured on (the benchmark's
+        # cpu_hash: 1.9x solo at 2); more processes than cores only adds switching.
         PoolProfile("prefork", "prefork", 2, "cpu", True, True, True),
+        # 100 greenlets: a waiting greenlet costs ~0.7 MiB of the worker (bench/RESULTS.md),
+        # so hundreds of concurrent waits are cheap; raise it with --concurrency for more.
         PoolProfile("gevent", "gevent", 100, "io", False, False, False),
     )
 }
