@@ -80,21 +80,17 @@ def message_factory(celery: Celery) -> MessageFactory:
 
 
 def store_and_send(store: JobStore, celery: Celery, records: list[JobRecord]) -> None:
-    """Every record, its index entries and its Celery message in one MULTI/EXEC: one round
+    """Every record, its index entries and its Celery message in one script: one round
     trip, and all of them reach Redis or none does, so a worker never receives a job it
     cannot find and no record waits for a message that was never sent."""
     messages = message_factory(celery)
     try:
-        pipe = store.redis.pipeline(transaction=True)
-        store.create_many(records, pipe)
         queued: dict[str, list[str]] = {}
         for record in records:
             key, payload = messages.message(record.id, POOLS[record.pool].queue, record.time_limit)
             queued.setdefault(key, []).append(payload)
-        for key, payloads in queued.items():
-            # kombu pushes at the head and pops at the tail: first submitted, first run.
-            pipe.lpush(key, *payloads)
-        pipe.execute()
+        # kombu pushes at the head and pops at the tail: first submitted, first run.
+        store.create_many(records, messages=queued)
     except (OperationalError, redis.RedisError) as exc:
         raise BrokerUnavailable(str(exc)) from exc
 
