@@ -40,13 +40,26 @@ def parse_submission(body: Any) -> JobSpec:
         submission = JobSubmission.model_validate(body).root
     except ValidationError as exc:
         raise submission_problem(exc) from None
+    return checked_spec(submission)
+
+
+def checked_spec(submission: Any) -> JobSpec:
+    """A submission that passed its schema, checked against what only configuration
+    knows (allowed hosts, time limits), as the JobSpec that is sent."""
     try:
         get_workload(submission.workload).check_policy(submission.params)
     except WorkloadError as exc:
         raise field_problem("params.url", str(exc)) from None
     if submission.time_limit is not None:
         check_time_limit(submission.time_limit, submission.pool)
-    return JobSpec(**submission.model_dump(mode="json"))
+    return JobSpec(
+        workload=submission.workload,
+        params=submission.params.model_dump(mode="json"),
+        pool=submission.pool,
+        max_retries=submission.max_retries,
+        backoff=submission.backoff,
+        time_limit=submission.time_limit,
+    )
 
 
 def submission_problem(exc: ValidationError) -> Problem:

@@ -60,13 +60,15 @@ def _submission_model(workload: Workload) -> type[JobOptions]:
 
 
 _SUBMISSIONS = tuple(_submission_model(w) for w in CATALOG.values())
+# One of the catalog's submissions, told apart by `workload`.
+AnySubmission = Annotated[Union[_SUBMISSIONS], Field(discriminator="workload")]  # type: ignore[valid-type]  # noqa: UP007
 
 
 class JobSubmission(RootModel):
     """A job to run: one of the catalog's workloads with its params, told apart by
     `workload` (a discriminator, so a 422 names the allowed workloads)."""
 
-    root: Annotated[Union[_SUBMISSIONS], Field(discriminator="workload")]  # type: ignore[valid-type]  # noqa: UP007
+    root: AnySubmission
 
 
 class JobListQuery(BaseModel):

@@ -21,47 +21,56 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
-import uuid
 from dataclasses import dataclass
+from functools import cached_property
 
 from celery import Celery
 
 from services.broker import RUN_JOB_TASK
+from services.ids import new_uuid4
 
 # The id the template is built with; no job has it (uuid4 ids have version nibble 4).
 TEMPLATE_ID = "00000000-0000-0000-0000-000000000000"
 
 
+# A job id as uuid4() writes it: spliced into JSON and a repr, nothing needs escaping.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Where the delivery tag goes while the template is cut into pieces.
+_TAG_MARK = "\x00tag\x00"
+
+
 @dataclass(frozen=True)
 class MessageTemplate:
-    """One message as kombu would push it, with TEMPLATE_ID where the job id goes."""
+    """One message as kombu would push it, cut where the job id and delivery tag go."""
 
     key: str  # the Redis list of the queue
-    payload: str  # the whole message, JSON, as LPUSHed
+    payload: str  # the whole message, JSON, as LPUSHed, for TEMPLATE_ID
     body: str  # the task body, JSON, before kombu's base64
     encoded_body: str  # ... and after, as it appears in `payload`
     delivery_tag: str
 
+    @cached_property
+    def _body_pieces(self) -> list[str]:
+        return self.body.split(TEMPLATE_ID)
+
+    @cached_property
+    def _payload_pieces(self) -> list[str]:
+        # Pieces between the places where the id, the encoded body and the tag go.
+        marked = self.payload.replace(self.encoded_body, "\x00body\x00")
+        marked = marked.replace(self.delivery_tag, _TAG_MARK)
+        return re.split("(\x00body\x00|\x00tag\x00|" + TEMPLATE_ID + ")", marked)
+
     def stamp(self, job_id: str) -> str:
         """The payload for `job_id`: its id everywhere the template's stood, its own
         delivery tag (kombu keys unacknowledged messages by it)."""
-        if not is_canonical_uuid(job_id):
-            # The id is spliced into JSON and a repr: nothing that could need escaping.
+        if not _CANONICAL_UUID.fullmatch(job_id):
             raise ValueError(f"job ids are canonical UUIDs, not {job_id!r}")
-        body = base64.b64encode(self.body.replace(TEMPLATE_ID, job_id).encode()).decode()
-        return (
-            self.payload.replace(self.encoded_body, body)
-            .replace(self.delivery_tag, str(uuid.uuid4()))
-            .replace(TEMPLATE_ID, job_id)
-        )
-
-
-def is_canonical_uuid(text: str) -> bool:
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
+        body = base64.b64encode(job_id.join(self._body_pieces).encode()).decode()
+        fill = {TEMPLATE_ID: job_id, "\x00body\x00": body, _TAG_MARK: new_uuid4()}
+        pieces = self._payload_pieces
+        return "".join(fill[piece] if i % 2 else piece for i, piece in enumerate(pieces))
 
 
 def build_template(celery: Celery, queue: str, time_limit: int | None) -> MessageTemplate:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -13,6 +12,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from services.broker import RUN_JOB_TASK
+from services.ids import new_uuid4
 from services.jobs import JobRecord, JobState, JobStore
 from services.messages import MessageFactory
 from services.pools import DEFAULT_POOL_FOR_KIND, POOLS
@@ -44,7 +44,7 @@ def default_pool(spec: JobSpec) -> str:
 
 def new_record(spec: JobSpec, job_id: str | None = None) -> JobRecord:
     return JobRecord(
-        id=job_id or str(uuid.uuid4()),
+        id=job_id or new_uuid4(),
         workload=spec.workload,
         params=dict(spec.params),
         pool=spec.pool or default_pool(spec),
