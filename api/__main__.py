@@ -29,6 +29,8 @@ def gunicorn_command() -> list[str]:
         "32",
         "--access-logfile",
         "-",
+        "--config",
+        "python:api.gunicorn_conf",
         "api.app:create_app()",
     ]
 
