@@ -31,6 +31,7 @@ import psutil
 import redis
 import requests
 
+from bench.report import Row, chart, table
 from services import keys
 from services.broker import make_celery
 from services.jobs import JobStore
@@ -46,26 +47,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # their commands, and what they mean), updated by hand from these.
 RESULTS = Path(__file__).resolve().parent / "latest-run.md"
 STOCK_APP = "bench.stock_celery"
-
-
-@dataclass
-class Row:
-    figure: str
-    target: str
-    unit: str
-    stock: list[float] = field(default_factory=list)
-    jobrunner: list[float] = field(default_factory=list)
-    note: str = ""
-
-    @staticmethod
-    def median(values: list[float]) -> float | None:
-        return statistics.median(values) if values else None
-
-    def ratio(self) -> float | None:
-        s, j = self.median(self.stock), self.median(self.jobrunner)
-        if s is None or j is None or s == 0:
-            return None
-        return j / s
 
 
 @dataclass
@@ -484,29 +465,6 @@ STEPS: dict[str, Callable[[Bench], None]] = {
 # -- report ------------------------------------------------------------------------------------
 
 
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
-
-
-def table(rows: list[Row]) -> str:
-    out = [
-        "| figure | stock (median) | jobrunner (median) | jobrunner / stock | target | runs |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        ratio = r.ratio()
-        cell = f"{ratio:.2f}x" if ratio is not None else "-"
-        note = f" ({r.note})" if r.note else ""
-        out.append(
-            f"| {r.figure} [{r.unit}] | {fmt(r.median(r.stock))} | "
-            f"{fmt(r.median(r.jobrunner))} | {cell} | {r.target}{note} | "
-            f"{len(r.stock)}+{len(r.jobrunner)} |"
-        )
-    return "\n".join(out)
-
-
 def machine(url: str) -> str:
     server = redis.Redis.from_url(url).info("server")["redis_version"]
     return (
@@ -552,12 +510,15 @@ def main() -> None:
     report = table(b.rows)
     print(report)
     minutes = (time.monotonic() - started) / 60
+    drawn = chart(b.rows, args.results.with_suffix(".png"), f"{command}\n{about}")
+    picture = f"\n![jobrunner / stock against each target]({drawn.name})\n" if drawn else ""
     args.results.write_text(
         f"# Side-by-side benchmark\n\nCommand: `{command}` ({minutes:.1f} min). "
         f"Machine: {about}. Load average (1 min) at start: {load:.2f}; the 2 cores are "
         "shared with other sessions running tests, so single runs move by 10-30 %: the "
-        "table shows medians of alternating repetitions.\n\n" + report + "\n"
+        "table shows medians of alternating repetitions.\n\n" + report + "\n" + picture
     )
+    print(f"table: {args.results}" + (f", chart: {drawn}" if drawn else ""))
 
 
 if __name__ == "__main__":
