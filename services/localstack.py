@@ -26,6 +26,7 @@ import yaml
 from services.auth_keys import hash_key
 from services.pools import POOLS
 from services.redis_server import RedisServer
+from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -127,7 +128,8 @@ def wait_ready(url: str, timeout: float, processes: list[Managed]) -> None:
     raise SystemExit(f"the API did not become ready at {url} within {timeout:.0f}s")
 
 
-def stop_all(processes: list[Managed], grace: float = 15.0) -> None:
+def stop_all(processes: list[Managed], grace: float) -> None:
+    """SIGTERM to each, then SIGKILL to whoever is still there after `grace` seconds."""
     for managed in processes:
         if managed.alive():
             managed.process.send_signal(signal.SIGTERM)  # warm shutdown for Celery
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         help="worker processes per pool, e.g. threads=2,prefork=1,gevent=3",
     )
     args = parser.parse_args(argv)  # fmt: skip
+    # Read (and checked) before anything starts: a bad variable fails here, not in a child.
+    settings = Settings()
 
     RUN_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
@@ -194,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)
     finally:
         print("stopping …", flush=True)
-        stop_all(processes)
+        # Longer than the workers' own grace, as compose's stop_grace_period is: their
+        # soft shutdown finishes or hands back running jobs before anything is killed.
+        stop_all(processes, settings.job_shutdown_grace + 10)
         if redis_server:
             redis_server.stop()
         print("stopped")

@@ -70,7 +70,12 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # A session of its own: Ctrl-C in a terminal signals the whole foreground process
+        # group, and Redis must outlive the workers' shutdown, which hands their running
+        # jobs back to the queue through it. Whoever started it stops it, last.
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.wait_ready(timeout)
         return self
 

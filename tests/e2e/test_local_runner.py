@@ -16,11 +16,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 import requests
 
-from services.redis_server import free_port
+from services import keys
+from services.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+# Short, so the Ctrl-C test sees a prefork job outlast it and be handed back.
+SHUTDOWN_GRACE = 2
 
 
 @dataclass
@@ -47,11 +51,17 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRun]:
     workdir = tmp_path_factory.mktemp("make-run")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JOBRUNNER_API_KEYS")}
-    env.update(API_PORT=str(port), JOBRUNNER_RUN_DIR=str(workdir / ".run"), PYTHONUNBUFFERED="1")
+    env.update(
+        API_PORT=str(port), JOBRUNNER_RUN_DIR=str(workdir / ".run"), PYTHONUNBUFFERED="1",
+        JOB_SHUTDOWN_GRACE=str(SHUTDOWN_GRACE),
+    )  # fmt: skip
     output = workdir / "make-run.out"
+    # A process group of its own, led by the runner, as a terminal's foreground job is:
+    # Ctrl-C there signals the whole group.
     process = subprocess.Popen(
         [sys.executable, "-m", "services.localstack"],
         cwd=ROOT, env=env, stdout=output.open("w"), stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )  # fmt: skip
     run = LocalRun(process, f"http://127.0.0.1:{port}", workdir, output)
     try:
@@ -147,12 +157,46 @@ def test_a_worker_that_dies_is_started_again(local_run: LocalRun) -> None:
         time.sleep(0.1)
 
 
-def test_sigterm_stops_every_process_it_started(local_run: LocalRun) -> None:
-    runner = psutil.Process(local_run.process.pid)
-    started = runner.children(recursive=True)
+def submit(run: LocalRun, workload: str, params: dict, pool: str) -> str:
+    body = {"workload": workload, "params": params, "pool": pool}
+    answer = requests.post(f"{run.url}/jobs", json=body, headers=auth(run), timeout=10)
+    assert answer.status_code == 202, answer.text
+    return answer.json()["id"]
+
+
+def wait_running(run: LocalRun, job_ids: list[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for job_id in job_ids:
+        url = f"{run.url}/jobs/{job_id}"
+        while requests.get(url, headers=auth(run), timeout=10).json()["state"] != "running":
+            assert time.monotonic() < deadline, job_id
+            time.sleep(0.1)
+
+
+def test_ctrl_c_keeps_redis_up_until_the_workers_are_done(local_run: LocalRun) -> None:
+    """Ctrl-C signals the runner's whole process group. Redis must outlive the workers'
+    shutdown: a job that ends meanwhile has its outcome stored, and one past the grace
+    goes back to the queue, then every process the runner started is gone."""
+    short = submit(local_run, "sleep", {"seconds": SHUTDOWN_GRACE + 2}, "threads")
+    long = submit(local_run, "sleep", {"seconds": 60}, "prefork")
+    wait_running(local_run, [short, long])
+    started = psutil.Process(local_run.process.pid).children(recursive=True)
     assert len(started) >= 5  # redis, api, three workers (and their pool processes)
-    local_run.process.send_signal(signal.SIGTERM)
+
+    os.killpg(local_run.process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
     assert local_run.process.wait(timeout=60) == 0
     _gone, alive = psutil.wait_procs(started, timeout=10)
     assert not alive, [p.info for p in alive]
     assert "stopped" in local_run.printed()
+
+    data = local_run.workdir / ".run" / "redis"
+    assert "SIGINT" not in (data / "redis.log").read_text()  # stopped by the runner, last
+    server = RedisServer(data).start()  # the same append-only data, read back
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        assert client.hget(keys.job(short), "state") == "succeeded"
+        assert client.hget(keys.job(long), "state") != "succeeded"
+        queued = [m for q in client.scan_iter(_type="list") for m in client.lrange(q, 0, -1)]
+        assert any(long in message for message in queued), "the prefork job was not handed back"
+    finally:
+        server.stop()
