@@ -8,7 +8,6 @@ JOBRUNNER_API_KEY, else in the key file `make run` writes (.run/api-key).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +16,8 @@ import requests
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from services.settings import get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
@@ -31,17 +32,21 @@ class ApiError(Exception):
 
 
 def api_key() -> str | None:
-    if os.environ.get("JOBRUNNER_API_KEY"):
-        return os.environ["JOBRUNNER_API_KEY"]
-    key_file = Path(os.environ.get("JOBRUNNER_RUN_DIR", ".run")) / "api-key"
+    """JOBRUNNER_API_KEY, else the key `make run` wrote into its run folder."""
+    settings = get_settings()
+    if settings.jobrunner_api_key and settings.jobrunner_api_key.get_secret_value():
+        return settings.jobrunner_api_key.get_secret_value()
+    key_file = (settings.jobrunner_run_dir or Path(".run")) / "api-key"
     return key_file.read_text().strip() if key_file.exists() else None
 
 
 class Client:
-    def __init__(self, api: str | None) -> None:
-        self.base = (api or os.environ.get("JOBRUNNER_URL") or "http://127.0.0.1:8000").rstrip("/")
+    """The API at `api` (else JOBRUNNER_URL), sending `key` (else api_key())."""
+
+    def __init__(self, api: str | None, key: str | None = None) -> None:
+        self.base = (api or get_settings().jobrunner_url).rstrip("/")
         self.session = requests.Session()
-        if key := api_key():
+        if key := key or api_key():
             self.session.headers["Authorization"] = f"Bearer {key}"
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:

@@ -121,7 +121,9 @@ class LocalStack:
         self.port = free_port()
 
     def __enter__(self) -> Client:
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JOBRUNNER_API_KEYS")}
+        # Its own Redis and its own key, whatever this shell points at.
+        private = ("REDIS_URL", "JOBRUNNER_API_KEYS", "JOBRUNNER_AUTH")
+        env = {k: v for k, v in os.environ.items() if k not in private}
         env.update(API_PORT=str(self.port), JOBRUNNER_RUN_DIR=str(self.folder / ".run"))
         scale = ",".join(f"{p}={self.workers}" for p in ("threads", "prefork", "gevent"))
         self.log = (self.folder / "stack.log").open("w")
@@ -134,8 +136,8 @@ class LocalStack:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise ApiError(f"the local stack did not start; see {self.folder / 'stack.log'}")
             time.sleep(0.2)
-        os.environ["JOBRUNNER_API_KEY"] = (self.folder / ".run" / "api-key").read_text().strip()
-        return Client(f"http://127.0.0.1:{self.port}")
+        key = (self.folder / ".run" / "api-key").read_text().strip()
+        return Client(f"http://127.0.0.1:{self.port}", key=key)
 
     def __exit__(self, *_: object) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -145,20 +147,13 @@ class LocalStack:
 
 def sweep(body: dict[str, Any], scales: list[int], out: Path | None) -> None:
     """The same experiment at each number of workers per pool, each on a fresh stack."""
-    saved_key = os.environ.get("JOBRUNNER_API_KEY")
     throughput: dict[str, dict[int, float]] = {pool: {} for pool in body["pools"]}
-    try:
-        for workers in scales:
-            console.print(f"[bold]{workers} worker process(es) per pool[/]")
-            with LocalStack(workers) as client:
-                experiment = run_with_progress(client, {**body, "local": []})
-            for target in experiment["report"]["targets"]:
-                throughput[target["target"]][workers] = target["throughput_per_s"]
-    finally:
-        if saved_key is None:
-            os.environ.pop("JOBRUNNER_API_KEY", None)
-        else:
-            os.environ["JOBRUNNER_API_KEY"] = saved_key
+    for workers in scales:
+        console.print(f"[bold]{workers} worker process(es) per pool[/]")
+        with LocalStack(workers) as client:
+            experiment = run_with_progress(client, {**body, "local": []})
+        for target in experiment["report"]["targets"]:
+            throughput[target["target"]][workers] = target["throughput_per_s"]
     title = f"{body['workload']} x{body['count']}: jobs/s by workers per pool"
     columns = ["pool", *(f"{n} worker(s)" for n in scales), "gain, last vs first"]
     table = Table(*columns, title=title)

@@ -30,9 +30,6 @@ from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-# Logs, Redis's data and the local API key; JOBRUNNER_RUN_DIR moves it (the tests do).
-RUN_DIR = Path(os.environ.get("JOBRUNNER_RUN_DIR", ROOT / ".run"))
-API_KEY_FILE = RUN_DIR / "api-key"
 
 
 def compose_commands(path: Path = COMPOSE_FILE) -> dict[str, list[str]]:
@@ -95,22 +92,28 @@ def plan(commands: dict[str, list[str]], scale: dict[str, int]) -> list[tuple[st
     return processes
 
 
-def ensure_api_key(env: dict[str, str]) -> str:
-    """Without configured keys, make one local admin key, so `make run` stays one command
-    and nothing is open to anonymous writes. The key is kept in .run/api-key (mode 600),
-    where the CLI finds it; the API only ever sees its hash."""
-    if env.get("JOBRUNNER_AUTH") == "off":
+def run_dir(settings: Settings) -> Path:
+    """Logs, Redis's data and the local API key; JOBRUNNER_RUN_DIR moves it (the tests and
+    the scale sweep do)."""
+    return settings.jobrunner_run_dir or ROOT / ".run"
+
+
+def ensure_api_key(settings: Settings, env: dict[str, str], key_file: Path) -> str:
+    """Without configured keys, make one local admin key (into the children's `env`), so
+    `make run` stays one command and nothing is open to anonymous writes. The key is kept
+    in .run/api-key (mode 600), where the CLI finds it; the API only ever sees its hash."""
+    if settings.jobrunner_auth == "off":
         return "auth is off (JOBRUNNER_AUTH=off): anyone who can reach the API can use it"
-    if env.get("JOBRUNNER_API_KEYS"):
+    if settings.jobrunner_api_keys:
         return "API keys from JOBRUNNER_API_KEYS"
-    if API_KEY_FILE.exists():
-        key = API_KEY_FILE.read_text().strip()
+    if key_file.exists():
+        key = key_file.read_text().strip()
     else:
         key = secrets.token_urlsafe(24)
-        API_KEY_FILE.touch(mode=0o600)
-        API_KEY_FILE.write_text(key + "\n")
+        key_file.touch(mode=0o600)
+        key_file.write_text(key + "\n")
     env["JOBRUNNER_API_KEYS"] = f"local:read+submit+admin:{hash_key(key)}"
-    return f"API key   {key}   (saved in {API_KEY_FILE}; send it as 'Authorization: Bearer <key>')"
+    return f"API key   {key}   (saved in {key_file}; send it as 'Authorization: Bearer <key>')"
 
 
 def wait_ready(url: str, timeout: float, processes: list[Managed]) -> None:
@@ -156,22 +159,21 @@ def main(argv: list[str] | None = None) -> None:
     # Read (and checked) before anything starts: a bad variable fails here, not in a child.
     settings = Settings()
 
-    RUN_DIR.mkdir(exist_ok=True)
+    folder = run_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     redis_server = None
     if not env.get("REDIS_URL"):
-        redis_server = RedisServer(RUN_DIR / "redis").start()
+        redis_server = RedisServer(folder / "redis").start()
         env["REDIS_URL"] = redis_server.url
         print(f"redis    {redis_server.url} (data in {redis_server.data_dir})")
     else:
         print(f"redis    {env['REDIS_URL']} (from REDIS_URL)")
-    key_note = ensure_api_key(env)
-    host = env.setdefault("API_HOST", "127.0.0.1")
-    port = env.setdefault("API_PORT", "8000")
-    url = f"http://{host}:{port}"
+    key_note = ensure_api_key(settings, env, folder / "api-key")
+    url = f"http://{settings.api_host}:{settings.api_port}"
 
     processes = [
-        Managed(name, cmd, env, RUN_DIR / f"{name}.log")
+        Managed(name, cmd, env, folder / f"{name}.log")
         for name, cmd in plan(compose_commands(), args.scale)
     ]
     stopping = False

@@ -7,9 +7,10 @@ The README lists them all; keep that table and this class in step.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -50,6 +51,22 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(8000, ge=1, le=65_535, description="Port the API binds to.")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
+    worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"] = Field(
+        "INFO", description="Celery log level of `python -m worker`."
+    )
+    jobrunner_run_dir: Path | None = Field(
+        None,
+        description="Where `make run` keeps logs, Redis's data and the local API key "
+        "(unset: .run in the project folder; the CLI looks in ./.run).",
+    )
+    # The CLI's own two: where the API is and the key it sends. A client setting, but read
+    # here like every other variable.
+    jobrunner_url: str = Field(
+        "http://127.0.0.1:8000", description="The API the `jobrunner` CLI talks to."
+    )
+    jobrunner_api_key: SecretStr | None = Field(
+        None, description="The key the `jobrunner` CLI sends (else the one in .run/api-key)."
+    )
 
     @field_validator("job_http_allowed_hosts", mode="before")
     @classmethod
@@ -64,6 +81,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("worker_loglevel", mode="before")
+    @classmethod
+    def _upper_loglevel(cls, value: object) -> object:
+        # Celery takes `info` as well as `INFO`.
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _time_limits_fit_visibility(self) -> Settings:

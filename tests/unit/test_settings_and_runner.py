@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from services.localstack import COMPOSE_FILE, compose_commands, parse_scale, plan
 from services.pools import POOLS
@@ -32,6 +34,29 @@ def test_settings_defaults_work_locally(monkeypatch: pytest.MonkeyPatch) -> None
 def test_allowed_hosts_are_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOB_HTTP_ALLOWED_HOSTS", "api, Example.org ,")
     assert Settings().job_http_allowed_hosts == ["api", "example.org"]
+
+
+def readme_configuration_table() -> set[str]:
+    """The variables named in the first column of README's configuration table."""
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n")[1]
+    section = section.split("\n## ")[0]
+    return set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.MULTILINE))
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    documented = readme_configuration_table()
+    settings = {name.upper() for name in Settings.model_fields}
+    assert not settings - documented, "README's configuration table misses these"
+    # Besides the settings, only compose's Redis password is documented there.
+    assert documented - settings == {"REDIS_PASSWORD"}
+
+
+def test_worker_loglevel_takes_celery_spelling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_LOGLEVEL", "warning")
+    assert Settings().worker_loglevel == "WARNING"
+    monkeypatch.setenv("WORKER_LOGLEVEL", "chatty")
+    with pytest.raises(ValidationError):
+        Settings()
 
 
 def test_scale_parsing() -> None:
