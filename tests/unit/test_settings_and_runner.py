@@ -98,13 +98,73 @@ def test_every_compose_command_exists_in_the_project() -> None:
                 assert (ROOT / source).exists(), source
 
 
-def test_compose_file_is_valid() -> None:
+# Settings the containers are not given, and why.
+NOT_IN_COMPOSE_ENV = {
+    "api_host": "the api service's own: only it binds a port",
+    "api_port": "the api service's own: only it binds a port",
+    "jobrunner_run_dir": "make run's folder; containers keep nothing on local disk",
+    "jobrunner_url": "read by the CLI, on the user's machine",
+    "jobrunner_api_key": "read by the CLI, on the user's machine",
+}
+# Compose defaults that differ from the local ones on purpose.
+COMPOSE_OWN_DEFAULTS = {
+    "REDIS_URL": "Redis is the `redis` service, with a password",
+    "JOB_HTTP_ALLOWED_HOSTS": "adds `api`, the API's name on the compose network",
+}
+
+
+def compose_app_env() -> dict[str, str]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())["x-app-env"]
+
+
+def test_every_setting_reaches_the_containers() -> None:
+    env = compose_app_env()
+    for name in Settings.model_fields:
+        if name in NOT_IN_COMPOSE_ENV:
+            assert name.upper() not in env, f"{name} is in x-app-env after all"
+        else:
+            assert name.upper() in env, f"{name.upper()} is missing from x-app-env"
+    assert not {k.lower() for k in env} - set(Settings.model_fields), "unknown variables"
+
+
+def test_compose_defaults_are_the_local_defaults() -> None:
+    for variable, value in compose_app_env().items():
+        match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
+        if variable in COMPOSE_OWN_DEFAULTS or match is None:
+            continue
+        assert match.group(1) == variable
+        field = variable.lower()
+        from_compose = getattr(Settings(**{field: match.group(2)}), field)
+        default = Settings.model_fields[field].get_default(call_default_factory=True)
+        assert from_compose == default, variable
+
+
+def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("CI must validate the compose file: install docker-compose")
         pytest.skip("docker-compose is not installed (.ci/run installs it)")
-    result = subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), "config", "-q"], capture_output=True, text=True
-    )
+    return subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_compose_file_is_valid() -> None:
+    result = compose("config", "-q")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_shorter_visibility_timeout_reaches_every_container() -> None:
+    """Lowering JOB_VISIBILITY_TIMEOUT below the default time limit, with a time limit
+    to match, gives every container settings it accepts."""
+    chosen = {"JOB_VISIBILITY_TIMEOUT": "120", "JOB_MAX_TIME_LIMIT": "60"}
+    result = compose("config", env=chosen)
+    assert result.returncode == 0, result.stderr
+    for name, service in yaml.safe_load(result.stdout)["services"].items():
+        if name == "redis":
+            continue
+        environment = {k.lower(): v for k, v in service["environment"].items()}
+        settings = Settings(**environment)  # raises where a container would fail
+        assert (settings.job_visibility_timeout, settings.job_max_time_limit) == (120, 60)
