@@ -1,7 +1,8 @@
 """How an API key is stored: only its SHA-256 ever leaves the hands of its holder.
 
 `python -m services.auth_keys NAME SCOPES` makes a new key: it prints the key (give it to
-the client) and the JOBRUNNER_API_KEYS entry (give it to the API).
+the client) and a `JOBRUNNER_API_KEYS=...` line for the API, ready for an `.env` file
+(compose reads it) or a shell's `export`. Several keys: join their entries with commas.
 """
 
 import hashlib
@@ -19,8 +20,9 @@ def main() -> None:
         sys.exit("usage: python -m services.auth_keys NAME SCOPES   (SCOPES like read+submit)")
     name, scopes = sys.argv[1:]
     key = secrets.token_urlsafe(24)
-    print(f"key (for the client):                 {key}")
-    print(f"JOBRUNNER_API_KEYS entry (for the API): {name}:{scopes}:{hash_key(key)}")
+    print(f"key (for the client, keep it secret): {key}")
+    print("for the API (a line of .env, or export it):")
+    print(f"JOBRUNNER_API_KEYS={name}:{scopes}:{hash_key(key)}")
 
 
 if __name__ == "__main__":
