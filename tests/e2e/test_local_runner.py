@@ -4,6 +4,7 @@ every process it started."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -113,30 +114,55 @@ def test_every_pool_serves_jobs(local_run: LocalRun) -> None:
             time.sleep(0.1)
 
 
-def test_readme_commands_work_when_pasted(local_run: LocalRun) -> None:
-    script = readme_block("api-tour").replace(
-        "127.0.0.1:8000", local_run.url.removeprefix("http://")
-    )
+def json_documents(text: str) -> list[dict]:
+    """The JSON documents curl printed one after another, without separators."""
+    decoder, documents, at, text = json.JSONDecoder(), [], 0, text.strip()
+    while at < len(text):
+        document, at = decoder.raw_decode(text, at)
+        documents.append(document)
+        while at < len(text) and text[at].isspace():
+            at += 1
+    return documents
+
+
+def run_pasted(run: LocalRun, block: str, timeout: float) -> str:
+    """A README block as a user pastes it, against this run; but with `curl -f`, so any
+    4xx or 5xx answer fails the script instead of being printed and passed over."""
+    script = readme_block(block).replace("127.0.0.1:8000", run.url.removeprefix("http://"))
+    assert "curl -s " in script
+    script = script.replace("curl -s ", "curl -sf ")
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
-        cwd=local_run.workdir, capture_output=True, text=True, timeout=120,
+        cwd=run.workdir, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
+def test_readme_commands_work_when_pasted(local_run: LocalRun) -> None:
+    out = run_pasted(local_run, "api-tour", timeout=120)
     assert '"workload":"sleep"' in out and '"state":"queued"' in out
-    assert '"workload":"cpu_hash"' in out
     assert '"pools"' in out and '"workloads"' in out and '"openapi": "3.1' in out
-    assert "Unauthorized" not in out and '"status": 5' not in out
+    # The tour's cpu_hash job ran to its end, and the tour printed it so.
+    listed = requests.get(
+        f"{local_run.url}/jobs", params={"workload": "cpu_hash"}, headers=auth(local_run),
+        timeout=10,
+    ).json()["jobs"]  # fmt: skip
+    assert [job["state"] for job in listed] == ["succeeded"], listed
+    printed = [doc for doc in json_documents(out) if doc.get("id") == listed[0]["id"]]
+    assert [doc["state"] for doc in printed] == ["succeeded"]
+    # The tour's cancel stopped its long job.
+    cancelled = requests.get(
+        f"{local_run.url}/jobs", params={"state": "cancelled"}, headers=auth(local_run),
+        timeout=10,
+    ).json()["jobs"]  # fmt: skip
+    assert [job["workload"] for job in cancelled] == ["sleep"]
 
 
 def test_readme_lab_commands_work_when_pasted(local_run: LocalRun) -> None:
-    script = readme_block("lab").replace("127.0.0.1:8000", local_run.url.removeprefix("http://"))
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=local_run.workdir, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert '"verdict"' in result.stdout and '"efficiency"' in result.stdout
+    out = run_pasted(local_run, "lab", timeout=180)
+    assert '"state":"succeeded"' in out
+    assert '"verdict"' in out and '"efficiency"' in out
     assert b"<svg" in (local_run.workdir / "chart.svg").read_bytes()[:500]
 
 
