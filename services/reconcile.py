@@ -16,6 +16,7 @@ import time
 from celery import Celery
 
 from services import keys
+from services.ids import new_uuid4
 from services.jobs import JobState, JobStore
 from services.submission import send_job_message
 
@@ -38,8 +39,9 @@ def requeue_lost_jobs(
         dispatched = store.redis.hget(keys.job(job_id), "dispatched_at")
         if dispatched and float(dispatched) > now - older_than:
             continue
-        store.set_fields(job_id, {"dispatched_at": now})
-        send_job_message(celery, record)
+        task_id = new_uuid4()  # the old task id may be revoked: see send_job_message
+        store.set_fields(job_id, {"dispatched_at": now, "task_id": task_id})
+        send_job_message(celery, record, task_id)
         resent.append(job_id)
     if resent:
         log.warning("re-sent %d job(s) queued without a message: %s", len(resent), resent[:10])

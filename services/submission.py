@@ -57,19 +57,26 @@ def new_record(spec: JobSpec, job_id: str | None = None) -> JobRecord:
     )
 
 
-def send_options(record: JobRecord) -> dict[str, Any]:
-    """How the Celery message for `record` is sent: its queue, id and time limit."""
-    options: dict[str, Any] = {"task_id": record.id, "queue": POOLS[record.pool].queue}
+def send_options(record: JobRecord, task_id: str) -> dict[str, Any]:
+    """How a Celery message for `record` is sent: its queue, task id and time limit."""
+    options: dict[str, Any] = {"task_id": task_id, "queue": POOLS[record.pool].queue}
     if record.time_limit is not None:
         options["time_limit"] = record.time_limit
     return options
 
 
-def send_job_message(celery: Celery, record: JobRecord) -> None:
-    """Queue the message for a record already stored (a retry, a reconciliation);
-    BrokerUnavailable if it fails."""
+def send_job_message(celery: Celery, record: JobRecord, task_id: str) -> None:
+    """Queue a message for a record already stored (a retry, a reconciliation) under
+    `task_id`, which the caller records on the job first; BrokerUnavailable if it fails.
+
+    Each re-dispatch needs a task id of its own (`new_uuid4()`), the job id travelling as
+    the task's argument: cancelling a running job revokes its task id in every worker for
+    hours, and a message re-sent under that id would be discarded unseen.
+    """
     try:
-        celery.send_task(RUN_JOB_TASK, args=[record.id], retry=False, **send_options(record))
+        celery.send_task(
+            RUN_JOB_TASK, args=[record.id], retry=False, **send_options(record, task_id)
+        )
     except (OperationalError, redis.RedisError) as exc:
         raise BrokerUnavailable(str(exc)) from exc
 
@@ -113,20 +120,24 @@ def submit_jobs(store: JobStore, celery: Celery, specs: list[JobSpec]) -> list[J
 
 
 def requeue_job(store: JobStore, celery: Celery, job_id: str) -> JobRecord | None:
-    """Queue a failed or cancelled job again (POST /jobs/<id>/retry).
+    """Queue a failed or cancelled job again (POST /jobs/<id>/retry), under a new task id.
 
     Returns the record, or None when the job is not in a state that can be retried.
     """
+    task_id = new_uuid4()
     answer = store.transition(
         job_id,
         {JobState.failed, JobState.cancelled},
         JobState.queued,
+        # dispatched_at: the reconciler counts a lost message from this dispatch, not
+        # from the submission.
         fields={"finished_at": None, "started_at": None, "result": None, "error": None,
-                "cancel_requested": False, "attempt_errors": []},
+                "cancel_requested": False, "attempt_errors": [], "task_id": task_id,
+                "dispatched_at": time.time()},
     )  # fmt: skip
     if answer is None or not answer[0]:
         return None
     record = store.get(job_id)
     assert record is not None
-    send_job_message(celery, record)
+    send_job_message(celery, record, task_id)
     return record

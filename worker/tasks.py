@@ -12,7 +12,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -109,6 +109,9 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
                 "worker_host": socket.gethostname(),
                 "worker_node": self.request.hostname or "",
                 "worker_pid": os.getpid(),
+                # The id of the message that runs the job, which a cancel revokes: each
+                # re-dispatch has its own (services.submission.send_job_message).
+                "task_id": self.request.id,
             },
             count_attempt=True,
             return_record=True,
@@ -195,15 +198,22 @@ def backoff_delay(base: float, failures: int) -> float:
 
 @task_failure.connect
 def _record_time_limit(
-    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+    sender: Any = None,
+    exception: BaseException | None = None,
+    args: Sequence[Any] | None = None,
+    **_: Any,
 ) -> None:
     """A hard time limit kills the pool process, so the task itself cannot record it; the
-    worker's main process gets this signal instead."""
-    if task_id is None or not isinstance(exception, TimeLimitExceeded):
+    worker's main process gets this signal instead. The job is the task's argument: its
+    task id is the job id only on the first dispatch."""
+    if getattr(sender, "name", None) != RUN_JOB_TASK or not args:
         return
+    if not isinstance(exception, TimeLimitExceeded):
+        return
+    job_id = args[0]
     store = job_store()
     error = JobError(type="time_limit", message=f"killed after its time limit ({exception}s)")
     patiently(lambda: store.transition(
-        task_id, {JobState.running}, JobState.failed,
+        job_id, {JobState.running}, JobState.failed,
         fields={"error": error, "finished_at": time.time()},
     ))  # fmt: skip

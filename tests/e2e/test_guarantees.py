@@ -113,3 +113,17 @@ def test_time_limit_without_a_pool_picks_one_that_can_enforce_it(stack: Stack) -
     record = post_job(stack, {"workload": "sleep", "params": {"seconds": 0}, "time_limit": 5})
     assert record.status_code == 202
     assert record.json()["pool"] == "prefork"
+
+
+def test_time_limit_kills_a_retried_prefork_job(stack: Stack) -> None:
+    """A retry runs under a Celery task id of its own; the kill is still recorded on the
+    job, which the worker finds from the task's argument."""
+    body = {"workload": "sleep", "params": {"seconds": 20}, "pool": "prefork", "time_limit": 1}
+    record = post_job(stack, body).json()
+    (first,) = stack.wait_for([record["id"]], timeout=30)
+    assert first["error"]["type"] == "time_limit"
+    retried = stack.http.post(f"{stack.url}/jobs/{record['id']}/retry", timeout=10)
+    assert retried.status_code == 202, retried.text
+    (done,) = stack.wait_for([record["id"]], timeout=30)
+    assert done["state"] == "failed" and done["attempts"] == 2
+    assert done["error"]["type"] == "time_limit"

@@ -189,3 +189,39 @@ def test_health_readiness_and_openapi(stack: Stack) -> None:
         assert path in document["paths"], path
     post = document["paths"]["/jobs"]["post"]
     assert "202" in post["responses"] and "422" in post["responses"]
+
+
+def test_a_cancelled_running_prefork_job_can_be_retried_and_finishes(stack: Stack) -> None:
+    """Cancelling a running prefork job revokes its Celery task in every worker; the retry
+    must travel under a task id of its own, or workers discard it and it stays queued."""
+    record = stack.submit("sleep", {"seconds": 2}, pool="prefork")
+    stack.wait_for([record["id"]], states={"running"})
+    cancelled = stack.http.delete(f"{stack.url}/jobs/{record['id']}", timeout=10)
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+
+    retried = stack.http.post(f"{stack.url}/jobs/{record['id']}/retry", timeout=10)
+    assert retried.status_code == 202, retried.text
+    (done,) = stack.wait_for([record["id"]], timeout=30)
+    assert done["state"] == "succeeded", done
+    assert done["attempts"] == 2
+
+
+def test_cancel_of_a_retried_running_job_stops_the_run_it_asked_for(stack: Stack) -> None:
+    """The cancel revokes the task id of the run in progress, not the job id of the first."""
+    record = stack.submit("sleep", {"seconds": 30}, pool="prefork")
+    stack.wait_for([record["id"]], states={"running"})
+    assert stack.http.delete(f"{stack.url}/jobs/{record['id']}", timeout=10).status_code == 200
+    assert stack.http.post(f"{stack.url}/jobs/{record['id']}/retry", timeout=10).status_code == 202
+    (running,) = stack.wait_for([record["id"]], states={"running"}, timeout=30)
+    assert running["attempts"] == 2
+    assert stack.http.delete(f"{stack.url}/jobs/{record['id']}", timeout=10).status_code == 200
+    # Both prefork slots are free again, long before the retried run's 30 s: two new jobs
+    # run side by side.
+    after = [stack.submit("sleep", {"seconds": 1}, pool="prefork")["id"] for _ in range(2)]
+    first, second = stack.wait_for(after, timeout=20)
+    assert first["state"] == second["state"] == "succeeded"
+    assert (
+        second["started_at"] < first["finished_at"] and first["started_at"] < second["finished_at"]
+    )
+    assert max(first["finished_at"], second["finished_at"]) < running["started_at"] + 30
+    assert stack.job(record["id"])["state"] == "cancelled"
