@@ -1,11 +1,14 @@
-"""Which workers are alive, per pool: Celery's own inspection, asked once."""
+"""Which workers are alive, per pool: Celery's own inspection, asked once; and which of
+them run on this host."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 from celery import Celery
+from celery.utils.nodenames import default_nodename, host_format
 
 from services.pools import POOLS
 
@@ -16,7 +19,7 @@ class LiveWorker:
     pool: str
     concurrency: int
     pid: int | None
-    max_rss_bytes: int | None  # of the worker's main process
+    max_rss_bytes: int | None  # lifetime peak of the worker's main process, as Celery says
 
 
 def live_workers(celery: Celery, timeout: float = 1.0) -> dict[str, list[LiveWorker]]:
@@ -44,3 +47,31 @@ def live_workers(celery: Celery, timeout: float = 1.0) -> dict[str, list[LiveWor
                     )
                 )
     return found
+
+
+def local_pid(node: str, pid: int | None) -> int | None:
+    """`pid` if the worker `node` is that process on this host, else None.
+
+    A worker elsewhere (another machine, another container) reports a pid that means
+    nothing here, or names another process: the process's own command line must name the
+    node, as `celery worker --hostname` does.
+    """
+    if pid is None:
+        return None
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return pid if node in node_names(argv) else None
+
+
+def node_names(argv: list[str]) -> set[str]:
+    """The node names a `celery worker` command line gives, expanded as Celery expands
+    them (`gevent-1@%h` -> `gevent-1@thishost`)."""
+    given = []
+    for index, arg in enumerate(argv):
+        if arg in ("-n", "--hostname") and index + 1 < len(argv):
+            given.append(argv[index + 1])
+        elif arg.startswith("--hostname="):
+            given.append(arg.partition("=")[2])
+    return {host_format(default_nodename(name)) for name in given}

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import socket
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -28,8 +28,9 @@ from services.experiments import (
     Topology,
     WorkerTopology,
 )
-from services.inspection import live_workers
+from services.inspection import live_workers, local_pid
 from services.jobs import FINAL_STATES, JobStore
+from services.peak_rss import PeakRss
 from services.report import JobTiming, ideal_makespan, measure
 from services.submission import JobSpec, submit_jobs
 from services.verdict import verdict
@@ -172,9 +173,18 @@ def pool_cpu_seconds(celery: Celery, nodes: list[str]) -> float:
     return sum(s["rusage"]["utime"] + s["rusage"]["stime"] for s in stats.values())
 
 
-def local_peak_rss(executor: str) -> int:
-    who = resource.RUSAGE_CHILDREN if executor == "processpool" else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss * 1024
+def pool_meter(workers: list[WorkerTopology]) -> PeakRss | None:
+    """A meter of the pool's worker processes and their children (prefork's pool), when
+    every one of them runs on this host; else None: a partial sum would be a wrong number."""
+    pids = [local_pid(w.node, w.pid) for w in workers]
+    if not pids or None in pids:
+        return None
+    return PeakRss([pid for pid in pids if pid is not None], children=True)
+
+
+def local_meter(executor: str) -> PeakRss:
+    """Local executors run their jobs in this process, a process pool in its children."""
+    return PeakRss([os.getpid()], children=executor == "processpool")
 
 
 def run_experiment(
@@ -198,20 +208,23 @@ def run_experiment(
         peak_rss: dict[str, int | None] = {}
         for target_kind, name in request.targets:
             progress = Progress(experiments, experiment, name)
+            meter: PeakRss | None
             if target_kind == "pool":
                 nodes = [w.node for w in topo.workers[name]]
                 cpu_before = pool_cpu_seconds(celery, nodes)
-                timings[name] = run_pool_target(jobs, celery, experiment, name, progress)
+                meter = pool_meter(topo.workers[name])
+                with meter or nullcontext():
+                    timings[name] = run_pool_target(jobs, celery, experiment, name, progress)
                 if all(t.cpu_seconds is None for t in timings[name]):
                     share = (pool_cpu_seconds(celery, nodes) - cpu_before) / len(timings[name])
                     timings[name] = [replace(t, cpu_seconds=share) for t in timings[name]]
                 concurrency[name] = sum(w.concurrency for w in topo.workers[name])
-                after = topology(celery, redis_version).workers[name]
-                peak_rss[name] = max((w.max_rss_bytes or 0 for w in after), default=0) or None
             else:
-                timings[name] = run_local_target(experiment, name, progress)
+                meter = local_meter(name)
+                with meter:
+                    timings[name] = run_local_target(experiment, name, progress)
                 concurrency[name] = 1 if name == "sequential" else request.concurrency
-                peak_rss[name] = local_peak_rss(name)
+            peak_rss[name] = meter.peak_bytes if meter else None
         unit = job_seconds(kind, request.params, timings)
         targets = [
             measure(

@@ -36,7 +36,12 @@ class TargetReport(BaseModel):
     cpu_seconds_per_job: float = Field(
         ..., description="The job's own CPU time; on gevent, the pool processes' CPU / jobs."
     )
-    peak_rss_bytes: int | None = Field(None, description="Of the processes that ran the jobs.")
+    peak_rss_bytes: int | None = Field(
+        None,
+        description="Peak during this target's run of the summed RSS of the processes that "
+        "ran its jobs: the pool's workers with their children, or the lab process (with a "
+        "process pool's children). None when a worker of the pool runs on another host.",
+    )
     ideal_makespan_s: float
     efficiency: float = Field(..., description="ideal / makespan, in (0, 1].")
 

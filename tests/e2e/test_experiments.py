@@ -45,6 +45,8 @@ def check_consistent(experiment: dict, count: int) -> dict[str, dict]:
         assert target["makespan_s"] >= 0.95 * target["ideal_makespan_s"], target
         assert 0 < target["efficiency"] <= 1
         assert target["throughput_per_s"] > 0
+        # Measured during this run on this host (the test stack's workers are local).
+        assert target["peak_rss_bytes"] > 0, name
         lat = target["latency_s"]
         assert lat["p50"] <= lat["p95"] <= lat["p99"] <= target["makespan_s"] + 1e-6
     topology = report["topology"]
@@ -80,7 +82,7 @@ def test_io_experiment_on_pools_and_local_executors(stack: Stack) -> None:
 def test_cpu_experiment_scales_only_with_processes(stack: Stack) -> None:
     body = {
         "workload": "cpu_hash", "params": {"rounds": 250_000}, "count": 8,
-        "pools": ["threads", "prefork"], "local": ["sequential", "processpool"],
+        "pools": ["threads", "prefork"], "local": ["sequential", "threadpool", "processpool"],
         "concurrency": 2,
     }  # fmt: skip
     # Another process hogging a core erases what a second core gives; a second run, and
@@ -97,6 +99,11 @@ def test_cpu_experiment_scales_only_with_processes(stack: Stack) -> None:
     assert max(g[0] for g in gains) >= 1.3, f"prefork not faster than threads: {gains}"
     assert max(g[1] for g in gains) >= 1.3, f"processpool not faster than sequential: {gains}"
     assert any("GIL" in line for line in experiment["report"]["verdict"])
+    # Processes cost memory threads do not: the executor's two processes come on top of
+    # the lab process the threads share.
+    rss = {name: target["peak_rss_bytes"] for name, target in targets.items()}
+    assert rss["processpool"] > rss["threadpool"], rss
+    assert rss["prefork"] > rss["threads"], rss
 
     # Listed, and comparable with another run.
     listed = stack.http.get(f"{stack.url}/experiments", timeout=10).json()["experiments"]
