@@ -7,16 +7,15 @@ import time
 
 import pytest
 
+from services.pools import POOLS
 from tests.stack import Stack
 
-REPORT_FIELDS = {
-    "target", "kind", "count", "errors", "concurrency", "makespan_s", "throughput_per_s",
-    "latency_s", "queue_wait_s", "run_time_s", "cpu_seconds_per_job", "peak_rss_bytes",
-    "ideal_makespan_s", "efficiency",
-}  # fmt: skip
+POOL_NAMES = set(POOLS)
 
 
-def run_experiment(stack: Stack, body: dict, timeout: float = 90) -> dict:
+def run_experiment(stack: Stack, body: dict, timeout: float = 90) -> tuple[dict, bool]:
+    """The finished experiment, and whether a poll saw a target part-way through while
+    it ran (progress moving, not only a final count)."""
     answer = stack.http.post(f"{stack.url}/experiments", json=body, timeout=10)
     assert answer.status_code == 202, answer.text
     url = stack.url + answer.headers["Location"]
@@ -26,10 +25,12 @@ def run_experiment(stack: Stack, body: dict, timeout: float = 90) -> dict:
         experiment = stack.http.get(url, timeout=10).json()
         assert set(experiment["progress"]) == set(body.get("pools", []) + body.get("local", []))
         if experiment["state"] == "running":
-            seen_progress |= any(p["done"] for p in experiment["progress"].values())
+            seen_progress |= any(
+                0 < p["done"] < p["total"] for p in experiment["progress"].values()
+            )
         if experiment["state"] in ("succeeded", "failed"):
             assert experiment["state"] == "succeeded", experiment["error"]
-            return experiment
+            return experiment, seen_progress
         assert time.monotonic() < deadline, experiment
         time.sleep(0.2)
 
@@ -38,19 +39,26 @@ def check_consistent(experiment: dict, count: int) -> dict[str, dict]:
     report = experiment["report"]
     targets = {t["target"]: t for t in report["targets"]}
     for name, target in targets.items():
-        assert set(target) >= REPORT_FIELDS, name
         assert target["count"] == count and target["errors"] == 0, target
         assert experiment["progress"][name] == {"done": count, "total": count}
-        # The ideal is a bound: nothing beats it (a clock tick of slack).
-        assert target["makespan_s"] >= 0.95 * target["ideal_makespan_s"], target
-        assert 0 < target["efficiency"] <= 1
+        # The ideal is a bound: nothing beats it by more than a clock tick. The displayed
+        # efficiency is clamped to 1; the raw ratio is what shows a wrong bound.
+        assert 0 < target["efficiency_raw"] <= 1.05, target
+        assert target["efficiency"] == min(1.0, target["efficiency_raw"])
         assert target["throughput_per_s"] > 0
         # Measured during this run on this host (the test stack's workers are local).
         assert target["peak_rss_bytes"] > 0, name
+        if report["kind"] == "cpu":
+            assert target["cpu_seconds_per_job"] > 0, name
         lat = target["latency_s"]
         assert lat["p50"] <= lat["p95"] <= lat["p99"] <= target["makespan_s"] + 1e-6
     topology = report["topology"]
-    assert topology["cores"] >= 1 and topology["celery"] and topology["redis_server"]
+    assert topology["cores"] >= 1 and topology["host"]
+    assert topology["python"].count(".") == 2 and topology["celery"][0].isdigit()
+    assert topology["redis_server"][0].isdigit()
+    for pool in {t["target"] for t in report["targets"]} & POOL_NAMES:
+        workers = topology["workers"][pool]
+        assert workers and all(w["pid"] and w["concurrency"] >= 1 for w in workers), pool
     assert report["verdict"], "a report always says something"
     return targets
 
@@ -61,7 +69,9 @@ def test_io_experiment_on_pools_and_local_executors(stack: Stack) -> None:
         "pools": ["threads", "gevent"], "local": ["sequential", "threadpool", "asyncio"],
         "concurrency": 8,
     }  # fmt: skip
-    experiment = run_experiment(stack, body)
+    experiment, seen_progress = run_experiment(stack, body)
+    # sequential alone takes 24 x 0.1 s, many polls.
+    assert seen_progress, "no poll saw a target part-way through"
     targets = check_consistent(experiment, 24)
     sequential = targets["sequential"]["makespan_s"]
     for overlapping in ("threads", "gevent", "threadpool", "asyncio"):
@@ -89,7 +99,7 @@ def test_cpu_experiment_scales_only_with_processes(stack: Stack) -> None:
     # the better of the two, keeps a noisy neighbour from failing the lesson.
     gains = []
     for _ in range(2):
-        experiment = run_experiment(stack, body)
+        experiment, _ = run_experiment(stack, body)
         targets = check_consistent(experiment, 8)
         prefork_gain = targets["threads"]["makespan_s"] / targets["prefork"]["makespan_s"]
         local_gain = targets["sequential"]["makespan_s"] / targets["processpool"]["makespan_s"]
@@ -108,7 +118,7 @@ def test_cpu_experiment_scales_only_with_processes(stack: Stack) -> None:
     # Listed, and comparable with another run.
     listed = stack.http.get(f"{stack.url}/experiments", timeout=10).json()["experiments"]
     assert experiment["id"] in [e["id"] for e in listed]
-    again = run_experiment(stack, {**body, "pools": ["prefork"], "local": []})
+    again, _ = run_experiment(stack, {**body, "pools": ["prefork"], "local": []})
     comparison = stack.http.get(
         f"{stack.url}/experiments/compare", params={"ids": f"{experiment['id']},{again['id']}"},
         timeout=10,

@@ -43,6 +43,14 @@ def test_measure_and_efficiency() -> None:
     assert report.queue_wait_s.p50 == pytest.approx(0.0) and report.queue_wait_s.p99 == 0.1
     slow = measure("sequential", "local", timings([0.0, 0.1, 0.2, 0.3], 0.1), 1, 0.2, None)
     assert slow.efficiency == pytest.approx(0.5)
+    assert slow.efficiency_raw == pytest.approx(0.5)
+
+
+def test_a_bound_that_was_beaten_shows_in_the_raw_ratio() -> None:
+    # 0.2 s measured against a claimed 0.3 s: the display says 100 %, the raw ratio 1.5.
+    beaten = measure("threads", "pool", timings([0.0, 0.0, 0.1, 0.1], 0.1), 2, 0.3, None)
+    assert beaten.efficiency == 1.0
+    assert beaten.efficiency_raw == pytest.approx(1.5)
 
 
 def test_verdict_for_cpu_names_the_gil_with_the_ratio() -> None:
