@@ -246,7 +246,7 @@ def run_experiment(
             job_seconds=round(unit, 6),
             topology=topo,
             targets=targets,
-            verdict=verdict(request.workload, kind, request.count, targets),
+            verdict=verdict(request.workload, kind, request.count, targets, topo.cores),
         )
         experiment.state = "succeeded"
     except ExperimentFailed as exc:

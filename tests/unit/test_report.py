@@ -56,14 +56,42 @@ def test_a_bound_that_was_beaten_shows_in_the_raw_ratio() -> None:
 def test_verdict_for_cpu_names_the_gil_with_the_ratio() -> None:
     threads = measure("threads", "pool", timings([0, 0.1, 0.2, 0.3], 0.1), 8, 0.2, None)
     prefork = measure("prefork", "pool", timings([0, 0, 0.1, 0.1], 0.1), 2, 0.2, None)
-    lines = verdict("cpu_hash", "cpu", 4, [threads, prefork])
+    lines = verdict("cpu_hash", "cpu", 4, [threads, prefork], cores=2)
     assert "fastest is prefork" in lines[0]
-    assert any("prefork 2.0x faster than threads" in line and "GIL" in line for line in lines)
+    assert any("prefork 2.0x faster than threads on 2 cores" in line for line in lines)
+    assert any("GIL" in line for line in lines)
+
+
+def test_verdict_when_processes_do_not_win_says_what_the_numbers_show() -> None:
+    threads = measure("threads", "pool", timings([0, 0.1, 0.2, 0.3], 0.1), 8, 0.2, None)
+    prefork = measure("prefork", "pool", timings([0, 0.1, 0.2, 0.3], 0.1), 2, 0.2, None)
+    (one_core,) = verdict("cpu_hash", "cpu", 4, [threads, prefork], cores=1)[1:]
+    assert "on 1 core" in one_core and "GIL" not in one_core
+    (two_cores,) = verdict("cpu_hash", "cpu", 4, [threads, prefork], cores=2)[1:]
+    assert "50% of its ideal with 2 of 2 cores" in two_cores
+    assert "second core" not in two_cores
 
 
 def test_verdict_for_io_reports_efficiency_of_each() -> None:
     gevent = measure("gevent", "pool", timings([0, 0, 0, 0], 0.1), 100, 0.1, None)
     sequential = measure("sequential", "local", timings([0, 0.1, 0.2, 0.3], 0.1), 1, 0.4, None)
-    lines = verdict("sleep", "io", 4, [gevent, sequential])
+    lines = verdict("sleep", "io", 4, [gevent, sequential], cores=2)
     assert any("gevent at 100% of ideal (concurrency 100)" in line for line in lines)
-    assert any("greenlet" in line for line in lines)
+    # No memory figures, so no claim about memory.
+    assert lines[-1] == "gevent overlaps the most waits (100 at once)."
+
+
+def test_verdict_backs_cheap_greenlets_with_memory_per_concurrent_job() -> None:
+    mib = 2**20
+    gevent = measure("gevent", "pool", timings([0, 0, 0, 0], 0.1), 100, 0.1, 100 * mib)
+    threads = measure("threads", "pool", timings([0, 0, 0.1, 0.1], 0.1), 8, 0.1, 80 * mib)
+    prefork = measure("prefork", "pool", timings([0, 0.1, 0.2, 0.3], 0.1), 2, 0.1, 90 * mib)
+    line = verdict("sleep", "io", 4, [gevent, threads, prefork], cores=2)[-1]
+    assert line == (
+        "gevent overlaps the most waits (100 at once) in 100 MB of peak RSS, 1.0 MB per "
+        "concurrent job; the next cheapest, threads, needs 10 MB (8 at once in 80 MB)."
+    )
+    # Where greenlets are not the cheapest per job, the verdict does not say they are.
+    fat = measure("gevent", "pool", timings([0, 0, 0, 0], 0.1), 100, 0.1, 2000 * mib)
+    line = verdict("sleep", "io", 4, [fat, threads], cores=2)[-1]
+    assert "threads needs less, 10 MB per job" in line
