@@ -54,14 +54,24 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acks: list[str] = []
+        # Tags services/redis_transport.py took and recorded as unacked in one script.
+        self._recorded: set[str] = set()
         self._acks_lock = threading.Lock()
         self._acks_waiting = threading.Event()
         self._flusher: threading.Thread | None = None
 
+    def recorded(self, delivery_tag: str) -> None:
+        """The next append of this tag needs no Redis: the channel recorded it already."""
+        self._recorded.add(delivery_tag)
+
     def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self._recorded:
+            self._recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+            return
         delivery = message.delivery_info
         entry = _entry(message._raw, delivery["exchange"], delivery["routing_key"])
-        acked = self._take_acks()
+        acked = self.take_acks()
         try:
             with self.channel.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=False)
@@ -72,7 +82,7 @@ class QoS(kombu_redis.QoS):
                     pipe.hdel(self.unacked_key, *acked)
                 pipe.execute()
         except BaseException:
-            self._give_back_acks(acked)
+            self.give_back_acks(acked)
             raise
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -90,7 +100,7 @@ class QoS(kombu_redis.QoS):
 
     def flush_acks(self) -> None:
         """Send the waiting deletions now (one round trip), if there are any."""
-        acked = self._take_acks()
+        acked = self.take_acks()
         if not acked:
             return
         try:
@@ -100,15 +110,17 @@ class QoS(kombu_redis.QoS):
                 pipe.hdel(self.unacked_key, *acked)
                 pipe.execute()
         except redis.RedisError as exc:
-            self._give_back_acks(acked)
+            self.give_back_acks(acked)
             log.warning("could not acknowledge %d message(s) yet: %s", len(acked), exc)
 
-    def _take_acks(self) -> list[str]:
+    def take_acks(self) -> list[str]:
+        """The acknowledged tags not yet deleted in Redis; the caller deletes them (or
+        gives them back)."""
         with self._acks_lock:
             acked, self._acks = self._acks, []
         return acked
 
-    def _give_back_acks(self, acked: list[str]) -> None:
+    def give_back_acks(self, acked: list[str]) -> None:
         if acked:
             with self._acks_lock:
                 self._acks[:0] = acked

@@ -20,6 +20,8 @@ def held_job_ids(stack: Stack) -> set[str]:
     held = set()
     for entry in client.hvals(UNACKED):
         message, _exchange, _routing_key = json.loads(entry)
+        # Every message kombu holds for a consumer that acknowledges is a task (a control
+        # client's replies are consumed without acknowledgement, so never held).
         held.add(message["headers"]["id"])
     return held
 
