@@ -196,15 +196,18 @@ def compare(
         body = {
             "workload": workload, "params": params_of(param), "count": count,
             "pools": [] if pools == "none" else [p for p in pools.split(",") if p],
-            "local": resolve_local(client, workload, local), "concurrency": concurrency,
+            "local": [], "concurrency": concurrency,
         }  # fmt: skip
         if scale:
+            # The sweep runs the pools only, each time on a stack of its own: the user's
+            # API is neither needed nor asked (GET /workloads would fail without one).
             try:
                 scales = [int(n) for n in scale.split(",")]
             except ValueError:
                 raise ApiError(f"--scale {scale!r}: want numbers like 1,2,4") from None
             sweep(body, scales, out)
             return
+        body["local"] = resolve_local(client, workload, local)
         experiment = run_with_progress(client, body)
         console.print(report_table(experiment["report"]))
         for line in experiment["report"]["verdict"]:

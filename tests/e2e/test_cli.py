@@ -80,6 +80,25 @@ def test_compare_writes_report_and_chart(stack: Stack, tmp_path: Path) -> None:
     assert b"<svg" in (out / "chart.svg").read_bytes()[:500]
 
 
+@pytest.mark.slow
+def test_compare_scale_sweeps_private_stacks_without_an_api(tmp_path: Path) -> None:
+    """--scale starts its own stacks; no API is running where --api points (and the
+    default --local all must not make it ask one)."""
+    out = tmp_path / "scale"
+    answer = cli(
+        None, "compare", "noop", "--count", "20", "--scale", "1,2", "--out", str(out),
+        url="http://127.0.0.1:9",
+    )  # fmt: skip
+    assert answer.returncode == 0, answer.stderr + answer.stdout
+    throughput = json.loads((out / "scale.json").read_text())
+    assert set(throughput) == {"threads", "prefork", "gevent"}
+    for pool, by_workers in throughput.items():
+        assert set(by_workers) == {"1", "2"}, pool
+        assert all(jobs_per_s > 0 for jobs_per_s in by_workers.values()), pool
+    assert (out / "scale.png").read_bytes()[:4] == b"\x89PNG"
+    assert b"<svg" in (out / "scale.svg").read_bytes()[:500]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
