@@ -95,7 +95,8 @@ def chart(rows: list[Row], path: Path, title: str) -> Path | None:
     for y, (row, ratio, (direction, target)) in enumerate(drawn):
         ax.barh(y, ratio, color="#3a9d5d" if row.met() else "#c8553d")
         ax.plot([target, target], [y - 0.4, y + 0.4], color="black", linewidth=2)
-        ax.text(ratio * 1.04, y, f"{ratio:.2f}x (target {direction} {target:g}x)", va="center")
+        label = f"{ratio:.2f}x (target {direction} {target:g}x)"
+        ax.text(max(ratio, target) * 1.06, y, label, va="center")
     ax.set_yticks(range(len(drawn)), [row.figure for row, _, _ in drawn])
     ax.invert_yaxis()
     ax.set_xscale("log")
