@@ -1,28 +1,26 @@
-"""kombu's Redis transport, with one Redis client per channel instead of one per command.
+"""kombu's Redis transport, with three changes that cut a worker's round trips per message.
 
-kombu's `Channel.conn_or_acquire` builds a new `redis.Redis` for every publish,
-acknowledgement and unacked-bookkeeping call, and redis-py builds its ~165-entry,
-case-insensitive response-callback table in every constructor (redis/redis-py#3624, fix
-proposed in redis/redis-py#4124). Profiled with py-spy (`--gil`) in a threads worker running
-no-op jobs, those constructors were 18 % of the time the worker held the GIL.
+Same keys, same messages, same guarantees; the API (sending) and the workers (consuming)
+both use it through `broker_transport`.
 
-A `redis.Redis` over a connection pool is safe to share between threads and greenlets:
-every command checks a connection out of the pool and returns it. So a channel keeps one,
-made again whenever kombu replaces the pool (after a lost connection, say).
-
-A BRPOP brings one message, so a worker with several free slots spent a round trip, an
-event-loop turn and an unacked write per message: measured at the moment each BRPOP was
-sent, a threads worker (-c8) running no-op jobs had 5 to 7 slots free, a gevent worker
-(-c500) running sleeps about 400. After each BRPOP the channel therefore takes up to as
-many more messages as it has room for, in one script that also records them as unacked
-(`_TAKE`): same keys and entries as kombu's, atomic where kombu's pop-then-record is not.
+1. One Redis client per channel instead of one per command. kombu's
+   `Channel.conn_or_acquire` builds a new `redis.Redis` for every publish, acknowledgement
+   and unacked-bookkeeping call, and redis-py builds its ~165-entry, case-insensitive
+   response-callback table in every constructor (redis/redis-py#3624, fix proposed in
+   redis/redis-py#4124): 18 % of a threads worker's GIL time under py-spy. A `redis.Redis`
+   over a connection pool is safe to share between threads and greenlets, so a channel
+   keeps one, made again whenever kombu replaces the pool (after a lost connection).
+2. As many messages per round trip as the worker has room for. A BRPOP brings one
+   message; measured when each BRPOP was sent, a threads worker (-c8) running no-op jobs
+   had 5 to 7 slots free, a gevent worker (-c500) running sleeps about 400. After each
+   BRPOP the channel takes up to its free room in one script (`_TAKE`) that also records
+   the messages as unacked, as kombu would, but atomically (kombu pops, then records).
+   The unacked bookkeeping itself is services/redis_qos.py.
+3. A full gevent worker asks again within 20 ms of a job ending, not 2 s (`drain_events`).
 
 A channel can also hand back what it would have pushed (`collecting`), so that
 services.messages can let Celery and kombu build a message once and then write it into
-the same Redis transaction as the job's record. Its unacked bookkeeping is
-services/redis_qos.py: fewer round trips per message. Everything else is kombu's own transport,
-unchanged: same keys, same messages, same guarantees. The API (sending) and the workers
-(consuming) both use it through `broker_transport`.
+the same Redis transaction as the job's record.
 """
 
 from __future__ import annotations
@@ -91,7 +89,7 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._take_scripts: dict[int, Any] = {}
+        self._take: Any = None  # the _TAKE script, registered on first use
         # Queues whose consumer acknowledges: only their messages are recorded as unacked
         # (a control client's replies are consumed without acknowledgement).
         self._acked_queues: set[str] = set()
@@ -139,9 +137,12 @@ class Channel(kombu_redis.Channel):
         acked = self.qos.take_acks()
         try:
             with self.conn_or_acquire() as client:
-                reply = self._take_script(client)(
+                if self._take is None:
+                    self._take = client.register_script(_TAKE)
+                reply = self._take(
                     keys=[self.unacked_index_key, self.unacked_key, *lists],
                     args=[room, time.time(), len(acked), *acked],
+                    client=client,
                 )
         except redis.RedisError:
             # Whatever the script did stays consistent in Redis: taken messages are
@@ -157,12 +158,6 @@ class Channel(kombu_redis.Channel):
             except BaseException:
                 self._restore_taken(pairs[index + 1 :])
                 raise
-
-    def _take_script(self, client: redis.Redis) -> Any:
-        script = self._take_scripts.get(id(client))
-        if script is None:
-            script = self._take_scripts[id(client)] = client.register_script(_TAKE)
-        return script
 
     def _restore_taken(self, pairs: list[tuple[str, bytes]]) -> None:
         """Messages taken but not delivered go back to their queue at once."""
