@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, json
+from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -87,8 +88,11 @@ def install_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response
 
+    # Redis reached through Celery (GET /pools inspects the workers by a broadcast on the
+    # broker) fails with kombu's OperationalError, not redis-py's: the same outage.
     @app.errorhandler(redis.RedisError)
-    def _redis_down(exc: redis.RedisError) -> Response:
+    @app.errorhandler(OperationalError)
+    def _redis_down(exc: Exception) -> Response:
         log.warning("Redis unavailable: %s", exc)
         return Problem(
             503,
