@@ -59,43 +59,52 @@ def run_with_progress(client: Client, body: dict[str, Any]) -> dict[str, Any]:
     return experiment
 
 
+def mib(size: int | None) -> str:
+    return f"{size / 2**20:.0f}" if size else "-"
+
+
 def report_table(report: dict[str, Any]) -> Table:
     table = Table(
-        "target", "kind", "conc.", "makespan s", "jobs/s", "latency p50/p95 s",
-        "queue p50 s", "run p50 s", "CPU/job ms", "ideal s", "efficiency", "peak RSS MB",
+        "target", "kind", "conc.", "procs", "makespan s", "jobs/s", "latency p50/p95/p99 s",
+        "queue p50 s", "run p50 s", "CPU/job ms", "peak RSS MB", "errors", "ideal s",
+        "efficiency",
         title=f"{report['workload']} x{report['count']} {report['params']}",
     )  # fmt: skip
     for t in report["targets"]:
-        rss = f"{t['peak_rss_bytes'] / 2**20:.0f}" if t.get("peak_rss_bytes") else ""
+        lat = t["latency_s"]
         table.add_row(
-            t["target"], t["kind"], str(t["concurrency"]), f"{t['makespan_s']:.3f}",
-            f"{t['throughput_per_s']:.1f}",
-            f"{t['latency_s']['p50']:.3f}/{t['latency_s']['p95']:.3f}",
+            t["target"], t["kind"], str(t["concurrency"]), str(t.get("processes") or "-"),
+            f"{t['makespan_s']:.3f}", f"{t['throughput_per_s']:.1f}",
+            f"{lat['p50']:.3f}/{lat['p95']:.3f}/{lat['p99']:.3f}",
             f"{t['queue_wait_s']['p50']:.3f}", f"{t['run_time_s']['p50']:.3f}",
-            f"{t['cpu_seconds_per_job'] * 1000:.1f}", f"{t['ideal_makespan_s']:.3f}",
-            f"{t['efficiency']:.0%}", rss,
+            f"{t['cpu_seconds_per_job'] * 1000:.1f}", mib(t.get("peak_rss_bytes")),
+            str(t["errors"]), f"{t['ideal_makespan_s']:.3f}", f"{t['efficiency']:.0%}",
         )  # fmt: skip
     return table
 
 
 def markdown(report: dict[str, Any]) -> str:
+    topology = report["topology"]
     lines = [
         f"# {report['workload']} x{report['count']} ({report['params']})",
         "",
-        f"{report['topology']['cores']} cores, Python {report['topology']['python']}, "
-        f"Celery {report['topology']['celery']}, Redis {report['topology']['redis_server']}, "
-        f"local concurrency {report['concurrency']}.",
+        f"{topology['cores']} cores, Python {topology['python']}, Celery {topology['celery']}, "
+        f"Redis {topology['redis_server']}, local concurrency {report['concurrency']}.",
         "",
-        "| target | kind | concurrency | makespan s | jobs/s | latency p50 s | latency p95 s "
-        "| queue wait p50 s | run p50 s | CPU/job ms | ideal s | efficiency |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | kind | concurrency | processes | makespan s | jobs/s | latency p50 s "
+        "| latency p95 s | latency p99 s | queue wait p50 s | run p50 s | CPU/job ms "
+        "| peak RSS MB | errors | ideal s | efficiency |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | ---: | ---: |",
     ]
     for t in report["targets"]:
+        lat = t["latency_s"]
         lines.append(
-            f"| {t['target']} | {t['kind']} | {t['concurrency']} | {t['makespan_s']:.3f} "
-            f"| {t['throughput_per_s']:.1f} | {t['latency_s']['p50']:.3f} "
-            f"| {t['latency_s']['p95']:.3f} | {t['queue_wait_s']['p50']:.3f} "
+            f"| {t['target']} | {t['kind']} | {t['concurrency']} | {t.get('processes') or '-'} "
+            f"| {t['makespan_s']:.3f} | {t['throughput_per_s']:.1f} | {lat['p50']:.3f} "
+            f"| {lat['p95']:.3f} | {lat['p99']:.3f} | {t['queue_wait_s']['p50']:.3f} "
             f"| {t['run_time_s']['p50']:.3f} | {t['cpu_seconds_per_job'] * 1000:.1f} "
+            f"| {mib(t.get('peak_rss_bytes'))} | {t['errors']} "
             f"| {t['ideal_makespan_s']:.3f} | {t['efficiency']:.0%} |"
         )
     lines += ["", *(f"- {line}" for line in report["verdict"]), ""]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ class Timed:
     finished_at: float
     cpu_seconds: float
     error: str | None = None
+    pid: int | None = None  # the process that ran it, as a worker records worker_pid
 
 
 def timed_call(workload: str, params: dict[str, Any], submitted_at: float) -> Timed:
@@ -42,7 +44,7 @@ def timed_call(workload: str, params: dict[str, Any], submitted_at: float) -> Ti
         get_workload(workload).run(params)
     except Exception as exc:  # a failed job is counted, not raised
         error = f"{type(exc).__name__}: {exc}"
-    return Timed(submitted_at, started, time.time(), time.thread_time() - cpu, error)
+    return Timed(submitted_at, started, time.time(), time.thread_time() - cpu, error, os.getpid())
 
 
 def warm_up(seconds: float) -> None:
@@ -104,7 +106,9 @@ async def _run_asyncio(
                     error = f"{type(exc).__name__}: {exc}"
                 # thread_time here counts every coroutine of the loop: the loop's total
                 # CPU is shared out below instead.
-                result = Timed(submitted, started, time.time(), time.thread_time() - cpu, error)
+                result = Timed(
+                    submitted, started, time.time(), time.thread_time() - cpu, error, os.getpid()
+                )
                 done()
                 return result
 
@@ -112,7 +116,7 @@ async def _run_asyncio(
         submitted = time.time()
         results = await asyncio.gather(*(one(submitted) for _ in range(count)))
         per_job = (time.thread_time() - cpu_before) / max(1, count)
-    return [Timed(r.submitted_at, r.started_at, r.finished_at, per_job, r.error) for r in results]
+    return [replace(r, cpu_seconds=per_job) for r in results]
 
 
 def run_local(

@@ -121,6 +121,7 @@ def run_pool_target(
             finished_at=r.finished_at or r.submitted_at,
             cpu_seconds=r.cpu_seconds,
             failed=r.state != "succeeded",
+            pid=r.worker_pid,
         )
         for r in records
         if r is not None
@@ -140,7 +141,9 @@ def run_local_target(experiment: Experiment, executor: str, progress: Progress) 
     )
     progress.set(len(runs), force=True)
     return [
-        JobTiming(r.submitted_at, r.started_at, r.finished_at, r.cpu_seconds, r.error is not None)
+        JobTiming(
+            r.submitted_at, r.started_at, r.finished_at, r.cpu_seconds, r.error is not None, r.pid
+        )
         for r in runs
     ]
 

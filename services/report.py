@@ -36,6 +36,11 @@ class TargetReport(BaseModel):
     cpu_seconds_per_job: float = Field(
         ..., description="The job's own CPU time; on gevent, the pool processes' CPU / jobs."
     )
+    processes: int | None = Field(
+        None,
+        description="Distinct processes (pids) that ran the jobs: one for threads, "
+        "greenlets and coroutines; up to the concurrency for process pools.",
+    )
     peak_rss_bytes: int | None = Field(
         None,
         description="Peak during this target's run of the summed RSS of the processes that "
@@ -59,6 +64,7 @@ class JobTiming:
     finished_at: float
     cpu_seconds: float | None  # None where it cannot be told per job (greenlets)
     failed: bool
+    pid: int | None = None  # the process that ran it
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -115,6 +121,7 @@ def measure(
         cpu_seconds_per_job=round(
             statistics.fmean(t.cpu_seconds for t in timings if t.cpu_seconds is not None), 6
         ),
+        processes=len({t.pid for t in timings if t.pid is not None}) or None,
         peak_rss_bytes=peak_rss_bytes,
         ideal_makespan_s=round(ideal_s, 6),
         # Clock granularity can put a tiny job a hair under its bound: the displayed

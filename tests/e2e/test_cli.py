@@ -75,7 +75,12 @@ def test_compare_writes_report_and_chart(stack: Stack, tmp_path: Path) -> None:
     assert {t["target"] for t in report["report"]["targets"]} == {
         "threads", "gevent", "sequential", "asyncio",
     }  # fmt: skip
-    assert "| target |" in (out / "report.md").read_text()
+    table = [line.split(" | ") for line in (out / "report.md").read_text().splitlines()]
+    header = next(row for row in table if row[0] == "| target")
+    rows = [row for row in table if row[0].removeprefix("| ") in ("threads", "gevent")]
+    for column in ("processes", "latency p99 s", "peak RSS MB", "errors"):
+        assert all(row[header.index(column)] not in ("", "-") for row in rows), column
+    assert all(row[header.index("errors")] == "0" for row in rows)
     assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"
     assert b"<svg" in (out / "chart.svg").read_bytes()[:500]
 

@@ -114,6 +114,10 @@ def test_cpu_experiment_scales_only_with_processes(stack: Stack) -> None:
     rss = {name: target["peak_rss_bytes"] for name, target in targets.items()}
     assert rss["processpool"] > rss["threadpool"], rss
     assert rss["prefork"] > rss["threads"], rss
+    # And each job's process is on record: one for threads, several for processes.
+    processes = {name: target["processes"] for name, target in targets.items()}
+    assert processes["threads"] == processes["threadpool"] == processes["sequential"] == 1
+    assert 1 < processes["prefork"] <= 2 and 1 < processes["processpool"] <= 2, processes
 
     # Listed, and comparable with another run.
     listed = stack.http.get(f"{stack.url}/experiments", timeout=10).json()["experiments"]
