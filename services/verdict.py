@@ -73,11 +73,16 @@ def verdict(
     lines = []
     fastest = min(targets, key=lambda t: t.makespan_s)
     slowest = max(targets, key=lambda t: t.makespan_s)
-    lines.append(
-        f"{workload} x{count}: fastest is {fastest.target} "
-        f"({fastest.throughput_per_s:.1f} jobs/s), "
-        f"{slowest.makespan_s / fastest.makespan_s:.1f}x faster than {slowest.target}."
-    )
+    if len(targets) == 1:
+        lines.append(
+            f"{workload} x{count} on {fastest.target}: {fastest.throughput_per_s:.1f} jobs/s."
+        )
+    else:
+        lines.append(
+            f"{workload} x{count}: fastest is {fastest.target} "
+            f"({fastest.throughput_per_s:.1f} jobs/s), "
+            f"{slowest.makespan_s / fastest.makespan_s:.1f}x faster than {slowest.target}."
+        )
     if kind == "cpu":
         # Pools against pools, local executors against local executors: like with like.
         for group in ("pool", "local"):

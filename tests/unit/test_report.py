@@ -95,3 +95,10 @@ def test_verdict_backs_cheap_greenlets_with_memory_per_concurrent_job() -> None:
     fat = measure("gevent", "pool", timings([0, 0, 0, 0], 0.1), 100, 0.1, 2000 * mib)
     line = verdict("sleep", "io", 4, [fat, threads], cores=2)[-1]
     assert "threads needs less, 10 MB per job" in line
+
+
+def test_verdict_of_one_target_compares_it_with_nothing() -> None:
+    alone = measure("processpool", "local", timings([0, 0, 0.1, 0.1], 0.1), 2, 0.2, None)
+    lines = verdict("sleep", "io", 4, [alone], cores=2)
+    assert lines[0] == "sleep x4 on processpool: 20.0 jobs/s."
+    assert not any("faster than" in line for line in lines)
