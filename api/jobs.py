@@ -53,6 +53,8 @@ def checked_spec(submission: Any) -> JobSpec:
         raise field_problem("params.url", str(exc)) from None
     if submission.time_limit is not None:
         check_time_limit(submission.time_limit, submission.pool)
+    if submission.max_retries > 0:
+        check_backoff(submission.backoff, submission.max_retries)
     return JobSpec(
         workload=submission.workload,
         params=submission.params.model_dump(mode="json"),
@@ -98,6 +100,24 @@ def check_time_limit(time_limit: int, pool: str | None) -> None:
             "time_limit",
             f"pool {pool!r} cannot enforce a time limit (a thread or greenlet cannot be "
             f"killed); pools that can: {able}",
+        )
+
+
+def check_backoff(backoff: float, max_retries: int) -> None:
+    """The longest wait before a retry must stay below the visibility timeout: a worker
+    holds the retry's message unacknowledged while it waits, and Redis delivers one held
+    longer again (the copy runs the job early). Below the record's TTL too, or the retry
+    would find no record."""
+    settings = api_context().settings
+    longest = backoff * 2 ** (max_retries - 1)
+    bound = min(settings.job_visibility_timeout, settings.job_result_ttl)
+    if longest >= bound:
+        raise field_problem(
+            "backoff",
+            f"the last retry may wait backoff * 2**(max_retries - 1) = {longest:g} s; it "
+            f"must stay below {bound} s (JOB_VISIBILITY_TIMEOUT="
+            f"{settings.job_visibility_timeout} s, JOB_RESULT_TTL={settings.job_result_ttl} "
+            "s): a smaller backoff or fewer retries",
         )
 
 

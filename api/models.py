@@ -29,7 +29,9 @@ class JobOptions(BaseModel):
     )  # fmt: skip
     backoff: float = Field(
         1.0, ge=0, le=300, strict=True,
-        description="Seconds; retry n waits up to backoff * 2**(n-1) (full jitter).",
+        description="Seconds; retry n waits up to backoff * 2**(n-1) (full jitter). The "
+        "last retry's bound, backoff * 2**(max_retries-1), must stay below "
+        "JOB_VISIBILITY_TIMEOUT and JOB_RESULT_TTL.",
     )  # fmt: skip
     time_limit: int | None = Field(
         None,

@@ -163,7 +163,9 @@ def _score(submitted_at: float) -> int:
 # Moves a job from one of the allowed states to a new one, setting fields as it goes, and
 # keeps the per-state index in step. running -> running (a redelivery taking over) needs
 # the running worker's lease to have expired. ARGV[4] holds flags: 'a' counts an attempt,
-# 'r' returns the record as it is after the move (saves the worker a round trip).
+# 'r' returns the record as it is after the move (saves the worker a round trip), 'e'
+# starts the record's TTL (ARGV[6] seconds) again, so a job sent once more (a retry)
+# cannot expire before it runs. ARGV[5] is the time now; fields follow from ARGV[7].
 # Returns {moved (1/0), previous state[, record]}, or nil when the record does not exist
 # (expired, or never accepted). Every Redis call here counts against the job's cost (the
 # benchmark's commands per job), so the record is read once and written once.
@@ -192,8 +194,9 @@ local sets = {'state', new_state}
 if string.find(ARGV[4], 'a') then
   sets[3], sets[4] = 'attempts', tostring(tonumber(rec['attempts'] or '0') + 1)
 end
-for i = 6, #ARGV do sets[#sets + 1] = ARGV[i] end
+for i = 7, #ARGV do sets[#sets + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(sets))
+if string.find(ARGV[4], 'e') then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
 if state ~= new_state then
   redis.call('ZREM', KEYS[2] .. state, id)
   redis.call('ZADD', KEYS[2] .. new_state, rec['score'], id)
@@ -313,15 +316,21 @@ class JobStore:
         fields: dict[str, Any] | None = None,
         count_attempt: bool = False,
         return_record: bool = False,
+        refresh_ttl: bool = False,
     ) -> tuple[bool, JobState] | tuple[bool, JobState, JobRecord] | None:
-        """Move a job to `to` if its state is in `allowed_from`.
+        """Move a job to `to` if its state is in `allowed_from`; with `refresh_ttl`, the
+        record is kept for the store's TTL from now (a job queued again).
 
         Returns (moved, previous state), with the record after the move appended when
         `return_record` and it moved; None when the record does not exist.
         """
         args: list[Any] = [",".join(sorted(allowed_from)), job_id, str(to)]
-        flags = ("a" if count_attempt else "") + ("r" if return_record else "")
-        args.extend([flags or "-", time.time()])
+        flags = (
+            ("a" if count_attempt else "")
+            + ("r" if return_record else "")
+            + ("e" if refresh_ttl else "")
+        )
+        args.extend([flags or "-", time.time(), self.ttl])
         for name, value in (fields or {}).items():
             args.extend([name, _field_value(name, value)])
         answer = self._transition(keys=[keys.job(job_id), keys.job_index("state", "")], args=args)

@@ -134,6 +134,7 @@ def requeue_job(store: JobStore, celery: Celery, job_id: str) -> JobRecord | Non
         fields={"finished_at": None, "started_at": None, "result": None, "error": None,
                 "cancel_requested": False, "attempt_errors": [], "task_id": task_id,
                 "dispatched_at": time.time()},
+        refresh_ttl=True,  # a retry of an old job must not expire before it runs
     )  # fmt: skip
     if answer is None or not answer[0]:
         return None

@@ -62,6 +62,12 @@ def job_store() -> JobStore:
 # about then, and by then the dead worker's lease has lapsed.
 leases = LeaseKeeper(job_store, float(get_settings().job_visibility_timeout))
 
+# A bound on the wait before a retry. The worker holds the retry's message unacknowledged
+# while it counts down, and Redis delivers a message held past the visibility timeout
+# again: the copy would run the job early. The API refuses a backoff that could wait this
+# long (api/jobs.check_backoff); the bound is for records it did not check.
+MAX_RETRY_DELAY = min(get_settings().job_visibility_timeout, get_settings().job_result_ttl)
+
 
 @task_received.connect
 def _stamp_received(request: Any = None, **_: Any) -> None:
@@ -162,9 +168,13 @@ def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
         errors = [*record.attempt_errors, error]
         common = {"attempt_errors": errors, "cpu_seconds": cpu_since(cpu_started)}
         if is_retryable(record.workload, exc) and len(errors) <= record.max_retries:
-            delay = backoff_delay(record.backoff, len(errors))
+            delay = min(backoff_delay(record.backoff, len(errors)), MAX_RETRY_DELAY)
+            # The record lives its TTL again from now, and says when the retry's message
+            # is due: until then and a visibility timeout after, the reconciler leaves
+            # the job alone (it is queued, but its message waits in this worker).
+            fields = {**common, "error": error, "dispatched_at": time.time() + delay}
             patiently(lambda: store.transition(
-                job_id, {JobState.running}, JobState.queued, fields={**common, "error": error}
+                job_id, {JobState.running}, JobState.queued, fields=fields, refresh_ttl=True
             ))  # fmt: skip
             # A new message for the same job; this delivery is acknowledged.
             raise self.retry(countdown=delay, max_retries=None) from exc

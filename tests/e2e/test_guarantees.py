@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+from services.broker import make_celery
+from services.jobs import JobStore
+from services.reconcile import requeue_lost_jobs
+from services.settings import Settings
 from tests.stack import Stack
 
 REFUSED_URL = "http://127.0.0.1:9/"  # nothing listens on the discard port: connection refused
@@ -127,3 +134,62 @@ def test_time_limit_kills_a_retried_prefork_job(stack: Stack) -> None:
     (done,) = stack.wait_for([record["id"]], timeout=30)
     assert done["state"] == "failed" and done["attempts"] == 2
     assert done["error"]["type"] == "time_limit"
+
+
+def test_a_backoff_that_would_outlive_the_visibility_timeout_is_422(stack: Stack) -> None:
+    """backoff * 2**(max_retries - 1), the longest wait before a retry, must stay below
+    the visibility timeout (3600 s here): a message held longer is delivered again."""
+    body = {"workload": "noop", "params": {}, "max_retries": 10, "backoff": 300}
+    answer = post_job(stack, body)
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["field"] == "backoff"
+    assert "JOB_VISIBILITY_TIMEOUT" in answer.json()["detail"]
+    batch = stack.http.post(f"{stack.url}/jobs/batch", json={"jobs": [body]}, timeout=10)
+    assert batch.status_code == 422
+    assert batch.json()["errors"][0]["field"] == "jobs.0.backoff"
+    # The same backoff with fewer retries fits: 300 * 2**3 = 2400 s.
+    assert post_job(stack, {**body, "max_retries": 4}).status_code == 202
+
+
+def test_a_retry_refreshes_the_records_ttl(stack: Stack) -> None:
+    """The record must outlive the retry it waits for: queueing a retry starts its TTL
+    again. The first attempt times out after 3 s, so a record not refreshed would expire
+    about 3 s earlier than one refreshed when its retry was queued."""
+    ttl = 86_400  # JOB_RESULT_TTL's default, which the test stack keeps
+    body = {
+        "workload": "http_get",
+        "params": {"url": f"{stack.url}/lab/delay?ms=5000", "timeout": 3},
+        "pool": "threads",
+        "max_retries": 1,
+        "backoff": 0.1,
+    }
+    record = post_job(stack, body).json()
+    (done,) = stack.wait_for([record["id"]], timeout=60)
+    assert done["state"] == "failed" and done["attempts"] == 2, done
+    expires_at = time.time() + stack.redis().pttl(f"jobrunner:job:{record['id']}") / 1000
+    assert expires_at > done["submitted_at"] + ttl + 2
+
+
+def test_a_job_waiting_for_its_retry_is_not_sent_again(stack: Stack) -> None:
+    """While a retry's countdown runs, the job is `queued` with its message held by a
+    worker: the reconciler must not take it for a lost one and send it again."""
+    body = {
+        "workload": "http_get",
+        "params": {"url": REFUSED_URL, "timeout": 2},
+        "pool": "threads",
+        "max_retries": 1,
+        "backoff": 300,  # a countdown of up to 300 s, with full jitter
+    }
+    record = post_job(stack, body).json()
+    deadline = time.monotonic() + 30
+    while not (waiting := stack.job(record["id"]))["attempt_errors"]:
+        assert time.monotonic() < deadline, "the first attempt never failed"
+        time.sleep(0.05)
+    if waiting["state"] != "queued" or waiting["finished_at"] is not None:
+        pytest.skip("the jittered countdown was too short to catch the job waiting")
+    store = JobStore(stack.redis(), 86_400)
+    resent = requeue_lost_jobs(store, make_celery(Settings(redis_url=stack.redis_server.url)), 0)
+    assert record["id"] not in resent
+    if stack.job(record["id"])["attempts"] == 1:  # still waiting, so certainly not re-sent
+        assert stack.redis().llen("pool.threads") == 0
+    stack.http.delete(f"{stack.url}/jobs/{record['id']}", timeout=10)  # stop waiting for it
