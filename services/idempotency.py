@@ -1,23 +1,33 @@
 """Idempotent submission: the same Idempotency-Key returns the same job, never a second.
 
-The first request claims the key with SET NX (one round trip, atomic across every API
-process) for a job id it then submits; a repeat finds the claim and returns that job. The
-key remembers a hash of the request, so reusing it for a different request is an error.
+The key's claim (the job id and a hash of the request) and the job itself — record,
+index entries, message — are written by one MULTI/EXEC, so Redis holds both or neither.
+A claim made first and a job created after left two ways to break the promise: an API
+dying in between left a claim without a job, which answered every repeat 503 for the
+claim's lifetime; and a create that reached Redis but failed on the client's side freed
+the claim, so the client's retry made a second job. WATCH on the key makes the check and
+the write one step: of concurrent first requests, one commits and the others, finding
+the key changed, read the claim again and replay its job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-import uuid
 from dataclasses import asdict
 
+import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from services import keys
 from services.jobs import JobRecord, JobStore
-from services.submission import BrokerUnavailable, JobSpec, submit_job
+from services.pools import POOLS
+from services.submission import BrokerUnavailable, JobSpec, message_factory, new_record
+
+# Rounds of WATCH, read, write: each lost round means another request committed the key,
+# which the next round finds, so two are enough; more only under a storm of Redis errors.
+MAX_ROUNDS = 5
 
 
 class IdempotencyConflict(Exception):
@@ -31,24 +41,50 @@ def fingerprint(spec: JobSpec) -> str:
 def submit_once(
     store: JobStore, celery: Celery, spec: JobSpec, client: str, key: str
 ) -> tuple[JobRecord, bool]:
-    """Submit `spec` unless `client` already did with `key`: (record, replayed)."""
+    """Submit `spec` unless `client` already did with `key`: (record, replayed).
+    IdempotencyConflict if the key was used for another request; BrokerUnavailable if
+    Redis could not answer."""
     claim_key = keys.idempotency(client, hashlib.sha256(key.encode()).hexdigest())
-    job_id = str(uuid.uuid4())
-    claim = json.dumps({"job_id": job_id, "request": fingerprint(spec)})
-    if store.redis.set(claim_key, claim, nx=True, ex=store.ttl):
-        try:
-            return submit_job(store, celery, spec, job_id=job_id), False
-        except BrokerUnavailable:
-            store.redis.delete(claim_key)  # nothing was accepted: the key is free again
-            raise
-    earlier = json.loads(store.redis.get(claim_key) or "{}")
-    if earlier.get("request") != fingerprint(spec):
+    request = fingerprint(spec)
+    record = new_record(spec)
+    queue, payload = message_factory(celery).message(
+        record.id, POOLS[record.pool].queue, record.time_limit
+    )
+    claim = json.dumps({"job_id": record.id, "request": request})
+    try:
+        with store.redis.pipeline(transaction=True) as pipe:
+            for _ in range(MAX_ROUNDS):
+                try:
+                    pipe.watch(claim_key)
+                    earlier = claimed_job(store, pipe.get(claim_key), request, key)
+                    if earlier is not None:
+                        return earlier, True
+                    pipe.multi()
+                    store.create_many([record], messages={queue: [payload]}, pipe=pipe)
+                    pipe.set(claim_key, claim, ex=store.ttl)
+                    pipe.execute()
+                    return record, False
+                except redis.WatchError:
+                    # Another request took the key (or the connection broke while we
+                    # watched, the outcome unknown): the next round reads what is there.
+                    continue
+    except (OperationalError, redis.RedisError) as exc:
+        raise BrokerUnavailable(str(exc)) from exc
+    raise BrokerUnavailable(f"Idempotency-Key {key!r}: Redis kept changing under the claim")
+
+
+def claimed_job(store: JobStore, raw_claim: str | None, request: str, key: str) -> JobRecord | None:
+    """The job an earlier request with this key made, or None if the key is free.
+
+    A claim whose job no longer exists frees the key: its job expired, or it was left by
+    an API that claimed first and created after, and died in between.
+    """
+    if raw_claim is None:
+        return None
+    earlier = json.loads(raw_claim)
+    record = store.get(earlier["job_id"])
+    if record is None:
+        return None
+    if earlier.get("request") != request:
         raise IdempotencyConflict(key)
-    # The first request may still be between its claim and its record; it takes
-    # milliseconds, so wait a little rather than answer with a half-made job.
-    deadline = time.monotonic() + 2.0
-    while (record := store.get(earlier["job_id"])) is None:
-        if time.monotonic() > deadline:
-            raise BrokerUnavailable("the first request with this key did not complete")
-        time.sleep(0.02)
-    return record, True
+    return record

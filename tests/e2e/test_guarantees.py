@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from services import keys
 from services.broker import make_celery
+from services.idempotency import fingerprint
 from services.jobs import JobStore
 from services.reconcile import requeue_lost_jobs
 from services.settings import Settings
+from services.submission import JobSpec
 from tests.stack import Stack
 
 REFUSED_URL = "http://127.0.0.1:9/"  # nothing listens on the discard port: connection refused
@@ -44,6 +50,23 @@ def test_concurrent_requests_with_one_key_make_one_job(stack: Stack) -> None:
         f"{stack.url}/jobs", params={"workload": "sleep", "limit": 500}, timeout=10
     ).json()["jobs"]
     assert sum(1 for j in listed if j["params"] == {"seconds": 0.01}) == 1
+
+
+def test_a_claim_left_without_its_job_does_not_block_its_key(stack: Stack) -> None:
+    """What an API process dying between claiming a key and creating its job left, when
+    the claim came first: the key must not answer 503 for as long as the claim lives."""
+    body = {"workload": "noop", "params": {"value": "orphaned"}}
+    spec = JobSpec(workload="noop", params={"value": "orphaned"})
+    claim_key = keys.idempotency("admin", hashlib.sha256(b"orphaned-1").hexdigest())
+    claim = {"job_id": str(uuid.uuid4()), "request": fingerprint(spec)}
+    stack.redis().set(claim_key, json.dumps(claim), ex=86_400)
+
+    first = post_job(stack, body, "orphaned-1")
+    assert first.status_code == 202, first.text
+    again = post_job(stack, body, "orphaned-1")
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert stack.wait_for([first.json()["id"]])[0]["state"] == "succeeded"
 
 
 def test_retryable_failure_is_retried_then_failed_with_every_error(stack: Stack) -> None:
