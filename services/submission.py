@@ -65,18 +65,23 @@ def send_options(record: JobRecord, task_id: str) -> dict[str, Any]:
     return options
 
 
-def send_job_message(celery: Celery, record: JobRecord, task_id: str) -> None:
+def send_job_message(
+    celery: Celery, record: JobRecord, task_id: str, takeover: bool = False
+) -> None:
     """Queue a message for a record already stored (a retry, a reconciliation) under
     `task_id`, which the caller records on the job first; BrokerUnavailable if it fails.
 
     Each re-dispatch needs a task id of its own (`new_uuid4()`), the job id travelling as
     the task's argument: cancelling a running job revokes its task id in every worker for
-    hours, and a message re-sent under that id would be discarded unseen.
+    hours, and a message re-sent under that id would be discarded unseen. `takeover` lets
+    the message claim a job still `running` once its worker's lease has lapsed.
     """
+    kwargs = {"takeover": True} if takeover else {}
     try:
         celery.send_task(
-            RUN_JOB_TASK, args=[record.id], retry=False, **send_options(record, task_id)
-        )
+            RUN_JOB_TASK, args=[record.id], kwargs=kwargs, retry=False,
+            **send_options(record, task_id),
+        )  # fmt: skip
     except (OperationalError, redis.RedisError) as exc:
         raise BrokerUnavailable(str(exc)) from exc
 

@@ -138,6 +138,31 @@ def test_a_job_whose_message_vanished_is_sent_again(fault_stack: Stack) -> None:
     assert done["attempts"] == 1  # sent again, but run once
 
 
+def test_a_running_job_whose_worker_and_message_vanished_runs_again(fault_stack: Stack) -> None:
+    """kill -9 of a job's worker, and with it the message Redis would deliver again (lost
+    as a takeover retry sent while Redis blinked would be): only the record knows the job,
+    `running` under a lease nobody renews. The sweep sends it again, as a takeover."""
+    stack = fault_stack
+    record = stack.submit("sleep", {"seconds": 2}, pool="prefork")
+    (running,) = stack.wait_for([record["id"]], states={"running"})
+    victim = next(w for w in stack.workers if w.node == running["worker_node"])
+    doomed = [victim.pid, *(c.pid for c in psutil.Process(victim.pid).children(recursive=True))]
+    for pid in doomed:
+        os.kill(pid, signal.SIGKILL)
+    client = stack.redis()
+    unacked = client.keys("unacked*")  # kombu's record of the messages workers hold
+    assert unacked
+    client.delete(*unacked)
+    victim.process.wait(timeout=10)
+    stack.workers.remove(victim)
+
+    (done,) = stack.wait_for([record["id"]], timeout=60)
+    assert done["state"] == "succeeded", done
+    assert done["attempts"] == 2 and done["worker_node"] != victim.node
+    stack.start_worker("prefork", 1)
+    stack.wait_ready()
+
+
 @pytest.mark.parametrize("pool", ["threads", "prefork", "gevent"])
 def test_sigterm_lets_a_short_job_finish_on_its_worker(fault_stack: Stack, pool: str) -> None:
     stack = fault_stack

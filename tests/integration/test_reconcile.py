@@ -1,4 +1,4 @@
-"""A re-sent message never makes a job run twice."""
+"""The reconciler: a re-sent message never makes a job run twice, and no lost job hides."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 import redis
 
 from services.broker import make_celery
-from services.jobs import JobStore
+from services.ids import new_uuid4
+from services.jobs import JobRecord, JobState, JobStore
 from services.reconcile import requeue_lost_jobs
 from services.settings import Settings
 from tests.stack import Stack
@@ -34,3 +35,31 @@ def test_duplicate_message_of_a_waiting_job_runs_it_once(stack: Stack) -> None:
     assert stack.redis().llen("pool.prefork") == 0
     time.sleep(0.5)
     assert stack.job(waiting)["attempts"] == 1
+
+
+def test_a_crowd_of_jobs_just_sent_again_does_not_hide_a_lost_one(stack: Stack) -> None:
+    """The sweep pages past the jobs it skips: eight queued jobs whose messages were sent
+    again a moment ago come first (oldest), and the lost job behind them still gets its
+    message, though one call re-sends at most five."""
+    settings = Settings(redis_url=stack.redis_server.url)
+    store = JobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), 3600)
+    now = time.time()
+    crowd = [queued_record(submitted_at=now - 100 + i) for i in range(8)]
+    lost = queued_record(submitted_at=now - 50)
+    store.create_many([*crowd, lost])  # records without messages
+    for record in crowd:
+        store.set_fields(record.id, {"dispatched_at": now})
+
+    resent = requeue_lost_jobs(store, make_celery(settings), older_than=30, batch=5)
+    assert resent == [lost.id]
+    (done,) = stack.wait_for([lost.id], timeout=30)
+    assert done["state"] == "succeeded" and done["attempts"] == 1
+    for record in crowd:  # they would wait for a sweep an hour from now: stop them
+        assert stack.http.delete(f"{stack.url}/jobs/{record.id}", timeout=10).ok
+
+
+def queued_record(submitted_at: float) -> JobRecord:
+    return JobRecord(
+        id=new_uuid4(), workload="noop", params={"value": "lost"}, pool="threads",
+        pool_chosen_by="client", state=JobState.queued, submitted_at=submitted_at,
+    )  # fmt: skip
