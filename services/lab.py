@@ -1,8 +1,9 @@
 """Running an experiment: each target in turn, measured from the jobs' own timestamps.
 
 Called by the lab worker (worker/lab.py). Pool targets submit real jobs through
-`submit_job`, the one way in, and read what the workers recorded; local targets run the
-same workload functions in this process's executors.
+`submit_jobs`, the one way in, in batches as POST /jobs/batch does, and read what the
+workers recorded; local targets run the same workload functions in this process's
+executors. Each target's peak memory is sampled while it runs (services/peak_rss.py).
 """
 
 from __future__ import annotations
@@ -190,6 +191,27 @@ def local_meter(executor: str) -> PeakRss:
     return PeakRss([os.getpid()], children=executor == "processpool")
 
 
+def measure_pool(
+    jobs: JobStore,
+    celery: Celery,
+    experiment: Experiment,
+    pool: str,
+    workers: list[WorkerTopology],
+    progress: Progress,
+) -> tuple[list[JobTiming], int | None]:
+    """One pool target: its jobs' timings, with the pool's CPU shared out where a job's
+    own cannot be told (greenlets), and the peak RSS of its workers over the run."""
+    nodes = [w.node for w in workers]
+    cpu_before = pool_cpu_seconds(celery, nodes)
+    meter = pool_meter(workers)
+    with meter or nullcontext():
+        timings = run_pool_target(jobs, celery, experiment, pool, progress)
+    if all(t.cpu_seconds is None for t in timings):
+        share = (pool_cpu_seconds(celery, nodes) - cpu_before) / len(timings)
+        timings = [replace(t, cpu_seconds=share) for t in timings]
+    return timings, meter.peak_bytes if meter else None
+
+
 def run_experiment(
     experiment_id: str, jobs: JobStore, experiments: ExperimentStore, celery: Celery
 ) -> Experiment:
@@ -211,23 +233,16 @@ def run_experiment(
         peak_rss: dict[str, int | None] = {}
         for target_kind, name in request.targets:
             progress = Progress(experiments, experiment, name)
-            meter: PeakRss | None
             if target_kind == "pool":
-                nodes = [w.node for w in topo.workers[name]]
-                cpu_before = pool_cpu_seconds(celery, nodes)
-                meter = pool_meter(topo.workers[name])
-                with meter or nullcontext():
-                    timings[name] = run_pool_target(jobs, celery, experiment, name, progress)
-                if all(t.cpu_seconds is None for t in timings[name]):
-                    share = (pool_cpu_seconds(celery, nodes) - cpu_before) / len(timings[name])
-                    timings[name] = [replace(t, cpu_seconds=share) for t in timings[name]]
+                timings[name], peak_rss[name] = measure_pool(
+                    jobs, celery, experiment, name, topo.workers[name], progress
+                )
                 concurrency[name] = sum(w.concurrency for w in topo.workers[name])
             else:
-                meter = local_meter(name)
-                with meter:
+                with local_meter(name) as meter:
                     timings[name] = run_local_target(experiment, name, progress)
+                peak_rss[name] = meter.peak_bytes
                 concurrency[name] = 1 if name == "sequential" else request.concurrency
-            peak_rss[name] = meter.peak_bytes if meter else None
         unit = job_seconds(kind, request.params, timings)
         targets = [
             measure(
