@@ -6,12 +6,15 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from api.lab import LAB_DELAY_SLOTS_PER_CLIENT
 from services.redis_server import free_port
 from tests.stack import Stack, bearer
 
@@ -120,3 +123,34 @@ def test_auth_off_is_explicit_and_warned(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     assert "JOBRUNNER_AUTH=off" in result.stderr
     assert os.environ.get("JOBRUNNER_AUTH") != "off"
+
+
+def test_lab_delay_cannot_take_every_api_thread(stack: Stack) -> None:
+    """/lab/delay stays public (workers' http_get jobs call it without a key), so what
+    protects the API is a cap on the delays each process holds at once: 80 concurrent
+    3 s delays, more than the API's 64 threads, are mostly refused at once, and the API
+    keeps answering meanwhile."""
+    delay_url = f"{stack.url}/lab/delay?ms=3000"
+    started = threading.Barrier(81)
+    finished: list[tuple[float, requests.Response]] = []
+
+    def call_delay() -> None:
+        started.wait()
+        answer = requests.get(delay_url, timeout=30)
+        finished.append((time.monotonic(), answer))
+
+    with ThreadPoolExecutor(max_workers=80) as pool:
+        for _ in range(80):
+            pool.submit(call_delay)
+        started.wait()
+        time.sleep(0.5)  # the delays have arrived
+        health = requests.get(f"{stack.url}/healthz", timeout=30)
+        health_answered = time.monotonic()
+    assert health.status_code == 200
+    waited = [at for at, answer in finished if answer.status_code == 200]
+    refused = [answer for _, answer in finished if answer.status_code == 429]
+    assert refused, "every delay was let in"
+    assert len(waited) <= LAB_DELAY_SLOTS_PER_CLIENT * 2  # the test stack's 2 API processes
+    assert health_answered < min(waited)  # not queued behind a delay
+    assert refused[0].headers["Retry-After"] == "1"
+    assert refused[0].headers["Content-Type"] == "application/problem+json"
