@@ -42,7 +42,10 @@ class ApiKey:
 
 
 def parse_keys(entries: list[str]) -> list[ApiKey]:
-    parsed = []
+    """JOBRUNNER_API_KEYS as keys; ValueError, naming the entry, for a bad one. A name is
+    what a key is known by (its rate limit, its Idempotency-Keys, the logs), so two keys
+    under one name are refused rather than silently sharing them."""
+    parsed: list[ApiKey] = []
     for entry in entries:
         try:
             name, scopes, digest = entry.split(":")
@@ -54,6 +57,8 @@ def parse_keys(entries: list[str]) -> list[ApiKey]:
         unknown = key.scopes - set(SCOPES)
         if unknown or len(key.sha256) != 32:
             raise ValueError(f"bad JOBRUNNER_API_KEYS entry for {name!r}: scopes {sorted(unknown)}")
+        if any(earlier.name == key.name for earlier in parsed):
+            raise ValueError(f"duplicate JOBRUNNER_API_KEYS name {name!r}: give each key its own")
         parsed.append(key)
     return parsed
 

@@ -154,3 +154,16 @@ def test_lab_delay_cannot_take_every_api_thread(stack: Stack) -> None:
     assert health_answered < min(waited)  # not queued behind a delay
     assert refused[0].headers["Retry-After"] == "1"
     assert refused[0].headers["Content-Type"] == "application/problem+json"
+
+
+def test_duplicate_key_names_are_refused_at_start(stack: Stack) -> None:
+    """Two keys under one name would share a rate limit, Idempotency-Keys and a log
+    name; the API refuses to start, naming the duplicate."""
+    keys = f"ci:read:{'ab' * 32},ops:read+admin:{'cd' * 32},ci:read+submit:{'ef' * 32}"
+    env = {**stack.env, "JOBRUNNER_API_KEYS": keys}
+    code = "from api.app import create_app; create_app()"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "duplicate" in result.stderr and "'ci'" in result.stderr, result.stderr[-2000:]
