@@ -111,7 +111,8 @@ def bodies_for(count: int, stack: Stack, prefix: str, traced: bool = True) -> li
 def attempts_per_tag(records: dict[str, dict]) -> dict[str, int]:
     found = {}
     for raw in records.values():
-        match = re.search(r"tag=([\w-]+)", raw.get("params", ""))
+        # A record keeps what its submission fixed (params among them) in its JSON `spec`.
+        match = re.search(r"tag=([\w-]+)", raw.get("spec", ""))
         if match:
             found[match.group(1)] = int(raw["attempts"])
     return found
