@@ -19,6 +19,7 @@ from rich.table import Table
 
 from services.cli_app import ApiError, ApiOption, Client, app, console, params_of, run
 from services.executors import LOCAL_EXECUTORS
+from services.pools import POOLS
 from services.redis_server import free_port
 from services.scale_chart import render_scale
 
@@ -122,10 +123,11 @@ def write_outputs(client: Client, experiment: dict[str, Any], out: Path) -> None
 
 
 class LocalStack:
-    """`make run` with N workers per pool, on a free port, in a folder of its own."""
+    """`make run` with N workers of each pool swept (none of the others, which would only
+    compete for the cores), on a free port, in a folder of its own."""
 
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
+    def __init__(self, workers: int, pools: list[str]) -> None:
+        self.workers, self.pools = workers, pools
         self.folder = Path(tempfile.mkdtemp(prefix=f"jobrunner-scale{workers}-"))
         self.port = free_port()
 
@@ -134,19 +136,34 @@ class LocalStack:
         private = ("REDIS_URL", "JOBRUNNER_API_KEYS", "JOBRUNNER_AUTH")
         env = {k: v for k, v in os.environ.items() if k not in private}
         env.update(API_PORT=str(self.port), JOBRUNNER_RUN_DIR=str(self.folder / ".run"))
-        scale = ",".join(f"{p}={self.workers}" for p in ("threads", "prefork", "gevent"))
+        scale = ",".join(f"{p}={self.workers if p in self.pools else 0}" for p in POOLS)
         self.log = (self.folder / "stack.log").open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.localstack", "--scale", scale],
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        deadline = time.monotonic() + 120
+        try:
+            return self.wait_ready(time.monotonic() + 120)
+        except BaseException:
+            self.__exit__()  # no stack left behind
+            raise
+
+    def wait_ready(self, deadline: float) -> Client:
+        """Until the API answers and every worker of the swept pools is alive: the lab
+        refuses an experiment on a pool that no live worker serves yet."""
         while "jobrunner is up" not in (self.folder / "stack.log").read_text():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise ApiError(f"the local stack did not start; see {self.folder / 'stack.log'}")
             time.sleep(0.2)
         key = (self.folder / ".run" / "api-key").read_text().strip()
-        return Client(f"http://127.0.0.1:{self.port}", key=key)
+        client = Client(f"http://127.0.0.1:{self.port}", key=key)
+        while True:
+            live = {p["name"]: len(p["workers"]) for p in client.json("GET", "/pools")["pools"]}
+            if all(live.get(pool, 0) >= self.workers for pool in self.pools):
+                return client
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise ApiError(f"workers did not come up ({live}); see {self.folder}")
+            time.sleep(0.3)
 
     def __exit__(self, *_: object) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -159,7 +176,7 @@ def sweep(body: dict[str, Any], scales: list[int], out: Path | None) -> None:
     throughput: dict[str, dict[int, float]] = {pool: {} for pool in body["pools"]}
     for workers in scales:
         console.print(f"[bold]{workers} worker process(es) per pool[/]")
-        with LocalStack(workers) as client:
+        with LocalStack(workers, body["pools"]) as client:
             experiment = run_with_progress(client, {**body, "local": []})
         for target in experiment["report"]["targets"]:
             throughput[target["target"]][workers] = target["throughput_per_s"]

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         "--scale",
         type=parse_scale,
         default=parse_scale(""),
-        help="worker processes per pool, e.g. threads=2,prefork=1,gevent=3",
+        help="worker processes per pool, e.g. threads=2,prefork=1,gevent=3 (0 leaves a pool out)",
     )
     args = parser.parse_args(argv)  # fmt: skip
     # Read (and checked) before anything starts: a bad variable fails here, not in a child.

@@ -62,6 +62,9 @@ def test_worker_loglevel_takes_celery_spelling(monkeypatch: pytest.MonkeyPatch) 
 def test_scale_parsing() -> None:
     assert parse_scale("") == {"threads": 1, "prefork": 1, "gevent": 1}
     assert parse_scale("gevent=3,threads=2") == {"threads": 2, "prefork": 1, "gevent": 3}
+    # A scale sweep of some pools leaves the others out.
+    left_out = plan(compose_commands(), parse_scale("threads=2,prefork=0,gevent=0"))
+    assert [name for name, _ in left_out] == ["api", "lab", "threads-1", "threads-2"]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_scale("fibers=2")
 
