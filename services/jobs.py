@@ -298,14 +298,33 @@ class JobStore:
             args.extend(payloads)
         self._create(args=args, client=pipe)
 
-    def prune_indexes(self) -> int:
+    def prune_indexes(self, chunk: int = 1_000) -> int:
         """Drop the ids of expired records from every index, so each stays the size of
         the records kept. Run now and then (the workers' sweep), not on every create:
-        that cost four commands a job."""
+        that cost four commands a job. Only ids submitted more than a TTL ago can have
+        expired, but not all of them have: a retry restarts its record's TTL."""
         oldest_kept = _score(time.time() - self.ttl)
+        alive: dict[str, bool] = {}  # the same old ids sit in several indexes
         removed = 0
         for index in self.redis.scan_iter(match=f"{keys.job_index()}*", count=1_000):
-            removed += self.redis.zremrangebyscore(index, "-inf", f"({oldest_kept}")
+            low = "-inf"
+            while True:
+                rows = self.redis.zrange(
+                    index, low, f"({oldest_kept}", byscore=True, offset=0, num=chunk,
+                    withscores=True,
+                )  # fmt: skip
+                unknown = [job_id for job_id, _ in rows if job_id not in alive]
+                if unknown:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for job_id in unknown:
+                        pipe.exists(keys.job(job_id))
+                    alive.update(zip(unknown, map(bool, pipe.execute()), strict=True))
+                gone = [job_id for job_id, _ in rows if not alive[job_id]]
+                if gone:
+                    removed += self.redis.zrem(index, *gone)
+                if len(rows) < chunk:
+                    break
+                low = f"({int(rows[-1][1])}"
         return removed
 
     def transition(

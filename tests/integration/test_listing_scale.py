@@ -86,5 +86,20 @@ def test_expired_ids_leave_every_index(store: JobStore) -> None:
     indexes = [i for i in short.redis.scan_iter(match="jobrunner:jobs*") if
                short.redis.zscore(i, "expired-one") is not None]  # fmt: skip
     assert len(indexes) == 4  # all, pool, workload, state
+    short.redis.delete("jobrunner:job:expired-one")  # as its TTL would
     assert short.prune_indexes() >= 4
     assert all(short.redis.zscore(i, "expired-one") is None for i in indexes)
+
+
+def test_a_record_kept_past_its_first_ttl_stays_listed(store: JobStore) -> None:
+    """A retry restarts its record's TTL: submitted long ago, still there, still listed."""
+    short = JobStore(store.redis, ttl_seconds=60)
+    kept = JobRecord(
+        id="retried-one", workload="noop", params={}, pool="threads", pool_chosen_by="client",
+        state=JobState.queued, submitted_at=time.time() - 120,
+    )  # fmt: skip
+    short.create(kept)
+    short.prune_indexes()
+    page, _ = short.list(state="queued", limit=500)
+    assert "retried-one" in {r.id for r in page}
+    assert short.redis.zscore("jobrunner:jobs", "retried-one") is not None
