@@ -40,8 +40,9 @@ class LeaseKeeper:
             self._held.discard(job_id)
 
     def _ensure_thread(self) -> None:
-        # Per process: a prefork child does not inherit its parent's thread.
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+        # Per process: a prefork child does not inherit its parent's thread. Checked on
+        # every job, so by pid alone (is_alive takes a lock); the thread never returns.
+        if self._thread is not None and self._pid == os.getpid():
             return
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._renew_forever, name="leases", daemon=True)
@@ -59,3 +60,5 @@ class LeaseKeeper:
                 self._store_factory().renew_leases(held, self.lease_seconds)
             except redis.RedisError as exc:
                 log.warning("could not renew leases: %s", exc)
+            except Exception:  # the renewer must outlive any one failure
+                log.exception("lease renewal failed; will try again")

@@ -39,6 +39,9 @@ if GREENLETS:
 T = TypeVar("T")
 app = get_celery()
 
+# Read once: a system call per job otherwise, and a worker's host does not change.
+HOSTNAME = socket.gethostname()
+
 # How long a job waits for Redis to come back before its message is handed back to the
 # queue. Long enough to ride out a Redis restart, short enough not to pin a slot forever.
 REDIS_PATIENCE_SECONDS = 60.0
@@ -112,7 +115,7 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
                 "received_at": getattr(self.request, RECEIVED_AT, None),
                 "lease_until": time.time() + leases.lease_seconds,
                 "started_at": time.time(),
-                "worker_host": socket.gethostname(),
+                "worker_host": HOSTNAME,
                 "worker_node": self.request.hostname or "",
                 "worker_pid": os.getpid(),
                 # The id of the message that runs the job, which a cancel revokes: each
