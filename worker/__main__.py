@@ -9,6 +9,7 @@ import argparse
 import os
 
 from services.pools import POOLS
+from services.settings import get_settings
 from worker.profiles import worker_command
 
 
@@ -17,7 +18,7 @@ def main() -> None:
     parser.add_argument("--pool", required=True, choices=[*sorted(POOLS), "lab"])
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--name", default=None, help="Celery node name, e.g. gevent-2@%%h")
-    parser.add_argument("--loglevel", default=os.environ.get("WORKER_LOGLEVEL", "INFO"))
+    parser.add_argument("--loglevel", default=get_settings().worker_loglevel)
     args = parser.parse_args()
     argv = worker_command(args.pool, args.concurrency, args.name, args.loglevel)
     # SIGTERM (compose stop, the local runner, Kubernetes) starts Celery's soft shutdown:
