@@ -39,6 +39,9 @@ if GREENLETS:
 T = TypeVar("T")
 app = get_celery()
 
+# Connections each worker process keeps to the job store (see job_store).
+JOB_STORE_CONNECTIONS = 64
+
 # Read once: a system call per job otherwise, and a worker's host does not change.
 HOSTNAME = socket.gethostname()
 
@@ -57,8 +60,15 @@ def job_store() -> JobStore:
     # Built on first use in each process: prefork children must not share the parent's
     # sockets.
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    return JobStore(client, settings.job_result_ttl)
+    # A bounded pool that makes a job wait its turn for a connection: redis-py's default
+    # pool fails past 100 connections, which a gevent worker's greenlets overran (each
+    # then slept out a "Redis unavailable" retry); and a connection is held only for one
+    # round trip, so a few dozen serve hundreds of greenlets.
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url, decode_responses=True, max_connections=JOB_STORE_CONNECTIONS,
+        timeout=REDIS_PATIENCE_SECONDS,
+    )  # fmt: skip
+    return JobStore(redis.Redis(connection_pool=pool), settings.job_result_ttl)
 
 
 # A lease as long as the visibility timeout: a redelivery after a lost worker arrives
