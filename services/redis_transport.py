@@ -40,6 +40,9 @@ from services.redis_qos import QoS
 # What `broker_transport` names; kombu resolves "module:Class" paths itself.
 TRANSPORT_PATH = "services.redis_transport:Transport"
 
+# A BRPOP answered sooner than this found messages waiting: more may be behind them.
+TAKE_AFTER_WAITING_UNDER = 0.002
+
 # At most this many messages per extra take: a gevent worker with 500 free slots fills
 # them over a few round trips rather than in one long script.
 TAKE_AT_MOST = 100
@@ -119,8 +122,12 @@ class Channel(kombu_redis.Channel):
         return None
 
     def _brpop_read(self, **options: Any) -> Any:
+        waited = time.monotonic() - (getattr(self, "_brpop_sent_at", None) or 0.0)
         delivered = super()._brpop_read(**options)  # raises Empty when nothing came
-        self._take_more()
+        # A BRPOP that waited found the queue empty: its message came alone, and a take
+        # would cost a round trip (and a single job's latency) to find nothing.
+        if waited < TAKE_AFTER_WAITING_UNDER:
+            self._take_more()
         return delivered
 
     def _take_more(self) -> None:
