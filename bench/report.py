@@ -91,7 +91,7 @@ def chart(rows: list[Row], path: Path, title: str) -> Path | None:
     drawn = [(r, ratio, bound) for r, ratio, bound in drawn if ratio and bound]
     if not drawn:
         return None
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(drawn) + 1.4))
+    fig, ax = plt.subplots(figsize=(11, 0.5 * len(drawn) + 1.4))
     for y, (row, ratio, (direction, target)) in enumerate(drawn):
         ax.barh(y, ratio, color="#3a9d5d" if row.met() else "#c8553d")
         ax.plot([target, target], [y - 0.4, y + 0.4], color="black", linewidth=2)
@@ -101,7 +101,7 @@ def chart(rows: list[Row], path: Path, title: str) -> Path | None:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlim(0.3, max(ratio for _, ratio, _ in drawn) * 4)
+    ax.set_xlim(0.3, max(ratio for _, ratio, _ in drawn) * 12)  # room for the labels
     ax.set_xlabel("jobrunner / stock (log scale); black tick = target")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
