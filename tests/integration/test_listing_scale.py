@@ -78,11 +78,7 @@ FILTERS = {
 
 def test_expired_ids_leave_every_index(store: JobStore) -> None:
     short = JobStore(store.redis, ttl_seconds=60)
-    old = JobRecord(
-        id="expired-one", workload="noop", params={}, pool="gevent", pool_chosen_by="client",
-        state=JobState.queued, submitted_at=time.time() - 120,
-    )  # fmt: skip
-    short.create(old)
+    short.create(submitted_two_minutes_ago("expired-one"))
     indexes = [i for i in short.redis.scan_iter(match="jobrunner:jobs*") if
                short.redis.zscore(i, "expired-one") is not None]  # fmt: skip
     assert len(indexes) == 4  # all, pool, workload, state
@@ -94,12 +90,16 @@ def test_expired_ids_leave_every_index(store: JobStore) -> None:
 def test_a_record_kept_past_its_first_ttl_stays_listed(store: JobStore) -> None:
     """A retry restarts its record's TTL: submitted long ago, still there, still listed."""
     short = JobStore(store.redis, ttl_seconds=60)
-    kept = JobRecord(
-        id="retried-one", workload="noop", params={}, pool="threads", pool_chosen_by="client",
-        state=JobState.queued, submitted_at=time.time() - 120,
-    )  # fmt: skip
-    short.create(kept)
+    short.create(submitted_two_minutes_ago("retried-one"))
     short.prune_indexes()
     page, _ = short.list(state="queued", limit=500)
     assert "retried-one" in {r.id for r in page}
     assert short.redis.zscore("jobrunner:jobs", "retried-one") is not None
+
+
+def submitted_two_minutes_ago(job_id: str) -> JobRecord:
+    """A queued record older than a 60 s TTL, by its submission time."""
+    return JobRecord(
+        id=job_id, workload="noop", params={}, pool="gevent", pool_chosen_by="client",
+        state=JobState.queued, submitted_at=time.time() - 120,
+    )  # fmt: skip
