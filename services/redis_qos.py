@@ -27,7 +27,6 @@ import threading
 import time
 from typing import Any
 
-import orjson
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -38,16 +37,6 @@ log = logging.getLogger(__name__)
 # How long acknowledgements wait for a message to share a round trip with. Short enough
 # that an idle worker's unacked set is clean a moment after its last job.
 ACK_FLUSH_DELAY = 0.02
-
-
-def _entry(raw: dict[str, Any], exchange: str, routing_key: str) -> str:
-    """The unacked-hash value kombu's restore reads back: [message, exchange, key]."""
-    try:
-        # orjson: the kilobyte message is encoded again for every delivery, on the
-        # consumer's thread; kombu's json takes ten times as long.
-        return orjson.dumps([raw, exchange, routing_key]).decode()
-    except orjson.JSONEncodeError:
-        return dumps([raw, exchange, routing_key])
 
 
 class QoS(kombu_redis.QoS):
@@ -70,16 +59,18 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.append(self, message, delivery_tag)
             return
         delivery = message.delivery_info
-        entry = _entry(message._raw, delivery["exchange"], delivery["routing_key"])
+        entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         acked = self.take_acks()
         try:
             with self.channel.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=False)
-                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-                pipe.hset(self.unacked_key, delivery_tag, entry)
+                # Deletions first: a message restored and delivered again keeps its tag,
+                # and its new entry must outlive the acknowledgement of its old one.
                 if acked:
                     pipe.zrem(self.unacked_index_key, *acked)
                     pipe.hdel(self.unacked_key, *acked)
+                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+                pipe.hset(self.unacked_key, delivery_tag, entry)
                 pipe.execute()
         except BaseException:
             self.give_back_acks(acked)
@@ -90,6 +81,11 @@ class QoS(kombu_redis.QoS):
         with self._acks_lock:
             self._acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)  # frees the prefetch slot now
+        if self.channel.closed:
+            # Jobs still running when the connection was lost acknowledge on the old
+            # channel, whose flusher has stopped: delete now, as stock kombu would.
+            self.flush_acks()
+            return
         self._acks_waiting.set()
         self._ensure_flusher()
 
@@ -98,11 +94,12 @@ class QoS(kombu_redis.QoS):
         self.flush_acks()
         return super().restore_unacked_once(stderr)
 
-    def flush_acks(self) -> None:
-        """Send the waiting deletions now (one round trip), if there are any."""
+    def flush_acks(self) -> bool:
+        """Send the waiting deletions now (one round trip), if there are any. False if
+        Redis could not take them: they wait for the next try."""
         acked = self.take_acks()
         if not acked:
-            return
+            return True
         try:
             with self.channel.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=False)
@@ -112,6 +109,11 @@ class QoS(kombu_redis.QoS):
         except redis.RedisError as exc:
             self.give_back_acks(acked)
             log.warning("could not acknowledge %d message(s) yet: %s", len(acked), exc)
+            return False
+        except BaseException:
+            self.give_back_acks(acked)
+            raise
+        return True
 
     def take_acks(self) -> list[str]:
         """The acknowledged tags not yet deleted in Redis; the caller deletes them (or
@@ -127,23 +129,29 @@ class QoS(kombu_redis.QoS):
 
     def _ensure_flusher(self) -> None:
         # Started on the first acknowledgement, in the process that acknowledges (the
-        # main process of a prefork worker; under gevent, a greenlet).
-        if self._flusher is not None and self._flusher.is_alive():
+        # main process of a prefork worker; under gevent, a greenlet). It runs until its
+        # channel closes, so a check of None suffices on this per-job path.
+        if self._flusher is not None:
             return
         with self._acks_lock:
-            if self._flusher is None or not self._flusher.is_alive():
+            if self._flusher is None:
                 self._flusher = threading.Thread(
                     target=self._flush_forever, name="ack-flusher", daemon=True
                 )
                 self._flusher.start()
 
     def _flush_forever(self) -> None:
-        while not getattr(self.channel, "closed", False):
-            if not self._acks_waiting.wait(timeout=1.0):
-                continue
-            time.sleep(ACK_FLUSH_DELAY)
+        delay = ACK_FLUSH_DELAY
+        while not self.channel.closed or self._acks:
+            woken = self._acks_waiting.wait(timeout=1.0)
+            if not woken and not self._acks:
+                continue  # idle; or deletions given back after a failure: try those
+            time.sleep(delay)
             self._acks_waiting.clear()
             try:
-                self.flush_acks()
+                flushed = self.flush_acks()
             except Exception:  # never let the flusher die; the next round tries again
                 log.exception("acknowledgement flush failed")
+                flushed = False
+            # While Redis is away, try again less and less often (up to every 2 s).
+            delay = ACK_FLUSH_DELAY if flushed else min(delay * 2, 2.0)

@@ -71,8 +71,13 @@ for k = 3, #KEYS do
       return taken
     end
     local properties = message['properties']
-    local info = properties['delivery_info'] or {}
+    local info = properties['delivery_info']
     local tag = properties['delivery_tag']
+    if type(tag) ~= 'string' or type(info) ~= 'table' then
+      -- Recording it would fail halfway, after the RPOP: leave it to BRPOP and kombu.
+      redis.call('RPUSH', KEYS[k], item)
+      return taken
+    end
     redis.call('ZADD', KEYS[1], now, tag)
     redis.call('HSET', KEYS[2], tag, '[' .. item .. ', ' .. cjson.encode(info['exchange'])
       .. ', ' .. cjson.encode(info['routing_key']) .. ']')
@@ -125,8 +130,9 @@ class Channel(kombu_redis.Channel):
         waited = time.monotonic() - (getattr(self, "_brpop_sent_at", None) or 0.0)
         delivered = super()._brpop_read(**options)  # raises Empty when nothing came
         # A BRPOP that waited found the queue empty: its message came alone, and a take
-        # would cost a round trip (and a single job's latency) to find nothing.
-        if waited < TAKE_AFTER_WAITING_UNDER:
+        # would cost a round trip (and a single job's latency) to find nothing. A
+        # closing channel reads its last BRPOP here too, and must take no more.
+        if waited < TAKE_AFTER_WAITING_UNDER and not (self._closing or self.closed):
             self._take_more()
         return delivered
 
@@ -156,6 +162,9 @@ class Channel(kombu_redis.Channel):
             # recorded as unacked (and come back after the visibility timeout).
             self.qos.give_back_acks(acked)
             return
+        except BaseException:
+            self.qos.give_back_acks(acked)
+            raise
         pairs = [(bytes_to_str(reply[i]), reply[i + 1]) for i in range(0, len(reply), 2)]
         for index, (key, item) in enumerate(pairs):
             payload = loads(bytes_to_str(item))
@@ -167,11 +176,12 @@ class Channel(kombu_redis.Channel):
                 raise
 
     def _restore_taken(self, pairs: list[tuple[str, bytes]]) -> None:
-        """Messages taken but not delivered go back to their queue at once."""
-        for _key, item in pairs:
+        """Messages taken but not delivered go back to the head of their queue at once,
+        in their order (BRPOP takes from the right: the last pushed right is next)."""
+        for _key, item in reversed(pairs):
             tag = loads(bytes_to_str(item))["properties"]["delivery_tag"]
             self.qos._recorded.discard(tag)
-            self.qos.restore_by_tag(tag, leftmost=True)
+            self.qos.restore_by_tag(tag, leftmost=False)
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
@@ -184,12 +194,39 @@ class Channel(kombu_redis.Channel):
         yield shared
 
 
+def _at_most_every(call: Any, seconds: Any) -> Any:
+    """`call`, skipped when it last ran less than `seconds()` ago."""
+    last = [0.0]
+
+    def limited() -> Any:
+        now = time.monotonic()
+        if now - last[0] < seconds():
+            return None
+        last[0] = now
+        return call()
+
+    return limited
+
+
 # How long a gevent worker's loop waits between looks while every prefetch slot is taken.
 FULL_POLL_SECONDS = 0.02
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # kombu scans for timed-out unacked messages on every empty poll of a loop
+        # without a timer (gevent's); with the short polls below that was 47 scans a
+        # second. Once per restore interval is what kombu's timer gives the others.
+        self.cycle.maybe_restore_messages = _at_most_every(
+            self.cycle.maybe_restore_messages, self._restore_interval
+        )
+
+    def _restore_interval(self) -> float:
+        intervals = [c.unacked_restore_interval for c in self.channels if c.active_queues]
+        return float(min(intervals, default=1))
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> Any:
         # With every prefetch slot taken no BRPOP is outstanding, and nothing wakes the
