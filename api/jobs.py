@@ -18,7 +18,7 @@ from services.idempotency import IdempotencyConflict, submit_once
 from services.jobs import JobRecord, JobState
 from services.pools import POOLS
 from services.submission import BrokerUnavailable, JobSpec, requeue_job, submit_job
-from services.workloads import WorkloadError, get_workload
+from services.workloads import CATALOG, WorkloadError, get_workload
 
 blueprint = Blueprint("jobs", __name__)
 
@@ -70,11 +70,14 @@ def submission_problem(exc: ValidationError) -> Problem:
     name (pydantic's tag); the client wants the field's own path."""
     errors = []
     for item in exc.errors(include_url=False):
+        message = item["msg"]
+        if item["type"] == "union_tag_not_found":  # no `workload` at all
+            message = "required: one of " + ", ".join(repr(name) for name in CATALOG)
         if item["type"].startswith("union_tag") or item["loc"] == ():
             path = "workload" if item["type"].startswith("union_tag") else "body"
         else:
             path = ".".join(str(part) for part in item["loc"][1:])
-        errors.append(FieldError(field=path, message=item["msg"]))
+        errors.append(FieldError(field=path, message=message))
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
     return Problem(422, "Validation failed", detail, errors)
 

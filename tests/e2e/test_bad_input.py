@@ -72,11 +72,14 @@ def test_rejected_submission_is_a_problem_and_queues_nothing(
     assert stored_jobs(stack) == before
 
 
-def test_unknown_workload_names_the_allowed_values(stack: Stack) -> None:
-    response = stack.http.post(f"{stack.url}/jobs", json={"workload": "nope"}, timeout=10)
+@pytest.mark.parametrize("body", [{"workload": "nope"}, {}, {"params": {"seconds": 1}}])
+def test_unknown_or_missing_workload_names_the_allowed_values(stack: Stack, body: dict) -> None:
+    response = stack.http.post(f"{stack.url}/jobs", json=body, timeout=10)
     assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "workload"
     for name in ("noop", "sleep", "http_get", "cpu_hash", "cpu_primes"):
-        assert name in response.json()["detail"]
+        assert name in error["message"]
 
 
 def test_unknown_job_is_404_problem(stack: Stack) -> None:
