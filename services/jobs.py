@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -79,51 +80,42 @@ _SPEC_FIELDS = (
 # What a new record may carry: its spec and its first state. Outcomes come by transitions.
 _CREATABLE = frozenset({*_SPEC_FIELDS, "state"})
 # Fields the store keeps for itself: the index score, when the message was last sent
-# again by services.reconcile, and until when the running worker holds the job.
-_STORE_ONLY = frozenset({"score", "dispatched_at", "lease_until"})
+# again by services.reconcile, until when the running worker holds the job, and the
+# Celery task id of its current message.
+_STORE_ONLY = frozenset({"score", "dispatched_at", "lease_until", "task_id"})
 
 
-# The defaults `_encode` leaves out, computed once (a default_factory is called here).
+# Each field with the default a record leaves out of its hash (the decoder fills it in;
+# the scripts read a missing `attempts` or `lease_until` as 0), computed once: a
+# default_factory is called here. A required field's sentinel never matches.
+_NO_DEFAULT = object()
 _DEFAULTS = {
-    name: field.get_default(call_default_factory=True)
+    name: field.get_default(call_default_factory=True) if not field.is_required() else _NO_DEFAULT
     for name, field in JobRecord.model_fields.items()
-    if not field.is_required()
 }
+_SPEC_DEFAULTS = tuple((name, _DEFAULTS[name]) for name in _SPEC_FIELDS)
+_CHANGING_DEFAULTS = tuple(item for item in _DEFAULTS.items() if item[0] not in _SPEC_FIELDS)
 
 
-# The spec's fields with their defaults (a required field's never matches), for _spec_json.
-_SPEC_DEFAULTS = tuple((name, _DEFAULTS.get(name, object())) for name in _SPEC_FIELDS)
+def _set_fields(record: JobRecord, defaults: tuple[tuple[str, Any], ...]) -> Iterator[tuple]:
+    """(name, value) of the fields among `defaults` that the record sets. Read off the
+    instance rather than through model_dump: a batch encodes a thousand records."""
+    values = record.__dict__
+    for name, default in defaults:
+        value = values[name]
+        if value is not None and value != default:
+            yield name, value
 
 
 def _encode(record: JobRecord) -> dict[str, str]:
-    # Fields at their default are left out (the decoder fills them in): the scripts read a
-    # missing `attempts` or `lease_until` as 0. Read off the instance rather than through
-    # model_dump: a batch encodes a thousand.
-    out: dict[str, str] = {"spec": _spec_json(record)}
-    for name, value in record.__dict__.items():
-        if name in _SPEC_FIELDS or _is_default(name, value):
-            continue
-        if name in _JSON_FIELDS:
-            out[name] = _dumps(_jsonable(value))
-        elif isinstance(value, bool):
-            out[name] = "1" if value else "0"
-        else:
-            out[name] = str(value)
-    return out
-
-
-def _is_default(name: str, value: Any) -> bool:
-    return value is None or (name in _DEFAULTS and value == _DEFAULTS[name])
+    """The hash a record is stored as: its spec, and each changing field as a transition
+    writes it."""
+    changing = _set_fields(record, _CHANGING_DEFAULTS)
+    return {"spec": _spec_json(record), **{name: _field_value(name, v) for name, v in changing}}
 
 
 def _spec_json(record: JobRecord) -> str:
-    values = record.__dict__
-    spec = {}
-    for name, default in _SPEC_DEFAULTS:
-        value = values[name]
-        if value is not None and value != default:
-            spec[name] = value
-    return _dumps(spec)
+    return _dumps(dict(_set_fields(record, _SPEC_DEFAULTS)))
 
 
 def _dumps(value: Any) -> str:
@@ -134,14 +126,6 @@ def _dumps(value: Any) -> str:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:
         return json.dumps(value)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    return value
 
 
 def _decode(raw: dict[str, str]) -> JobRecord:
@@ -376,6 +360,12 @@ class JobStore:
 
     # -- reading -----------------------------------------------------------------------
 
+    def task_id(self, job_id: str) -> str:
+        """The Celery task id of the job's current message, which a cancel revokes: the
+        claim records it; a job's first message carries the job id itself
+        (services/messages.py), so no record of it means that."""
+        return self.redis.hget(keys.job(job_id), "task_id") or job_id
+
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.hgetall(keys.job(job_id))
         return _decode(_text(raw)) if raw else None
@@ -433,12 +423,18 @@ def _field_value(name: str, value: Any) -> str:
     if value is None and name not in _JSON_FIELDS:
         return ""
     if name in _JSON_FIELDS:
-        if isinstance(value, list):
-            value = [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
-        return _dumps(value.model_dump() if isinstance(value, BaseModel) else value)
+        return _dumps(_jsonable(value))
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
 
 
 def _text(raw: Any) -> Any:
