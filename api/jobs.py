@@ -13,7 +13,6 @@ from api.context import api_context
 from api.errors import FieldError, Problem, problem_responses, validation_problem
 from api.models import JobListQuery, JobPage, JobSubmission
 from api.openapi import spec
-from services import keys
 from services.idempotency import IdempotencyConflict, submit_once
 from services.jobs import JobRecord, JobState
 from services.pools import POOLS
@@ -236,12 +235,6 @@ def list_jobs() -> Response:
     return Response(page.model_dump_json(), 200, mimetype="application/json")
 
 
-def running_task_id(job_id: str) -> str:
-    """The Celery task id of the job's run: the claim records it. A job's first message
-    carries the job id itself (services/messages.py), so no record of it means that."""
-    return api_context().store.redis.hget(keys.job(job_id), "task_id") or job_id
-
-
 @blueprint.delete("/jobs/<job_id:job_id>")
 @spec.validate(
     resp=SpecResponse(HTTP_200=JobRecord, **problem_responses(404, 409)),
@@ -259,7 +252,7 @@ def cancel_job(job_id: str) -> Response:
     if not moved and previous == JobState.running:
         if POOLS[record.pool].terminate_running:
             # Read while the job still runs: once cancelled, a retry may record a new id.
-            task_id = running_task_id(job_id)
+            task_id = ctx.store.task_id(job_id)
             moved, previous = ctx.store.transition(job_id, {JobState.running}, JobState.cancelled)
             if moved:
                 # SIGUSR1 raises Celery's SoftTimeLimitExceeded inside the job, which then
