@@ -22,8 +22,7 @@ from kombu.exceptions import OperationalError
 
 from services import keys
 from services.jobs import JobRecord, JobStore
-from services.pools import POOLS
-from services.submission import BrokerUnavailable, JobSpec, message_factory, new_record
+from services.submission import BrokerUnavailable, JobSpec, job_messages, new_record
 
 # Rounds of WATCH, read, write: each lost round means another request committed the key,
 # which the next round finds, so two are enough; more only under a storm of Redis errors.
@@ -47,9 +46,7 @@ def submit_once(
     claim_key = keys.idempotency(client, hashlib.sha256(key.encode()).hexdigest())
     request = fingerprint(spec)
     record = new_record(spec)
-    queue, payload = message_factory(celery).message(
-        record.id, POOLS[record.pool].queue, record.time_limit
-    )
+    messages = job_messages(celery, [record])
     claim = json.dumps({"job_id": record.id, "request": request})
     try:
         with store.redis.pipeline(transaction=True) as pipe:
@@ -60,7 +57,7 @@ def submit_once(
                     if earlier is not None:
                         return earlier, True
                     pipe.multi()
-                    store.create_many([record], messages={queue: [payload]}, pipe=pipe)
+                    store.create_many([record], messages=messages, pipe=pipe)
                     pipe.set(claim_key, claim, ex=store.ttl)
                     pipe.execute()
                     return record, False

@@ -91,18 +91,23 @@ def message_factory(celery: Celery) -> MessageFactory:
     return MessageFactory(celery)
 
 
+def job_messages(celery: Celery, records: list[JobRecord]) -> dict[str, list[str]]:
+    """The first Celery message of each new record, by the Redis list of its queue, in
+    submission order (kombu pushes at the head and pops at the tail: first in, first run)."""
+    messages = message_factory(celery)
+    queued: dict[str, list[str]] = {}
+    for record in records:
+        key, payload = messages.message(record.id, POOLS[record.pool].queue, record.time_limit)
+        queued.setdefault(key, []).append(payload)
+    return queued
+
+
 def store_and_send(store: JobStore, celery: Celery, records: list[JobRecord]) -> None:
     """Every record, its index entries and its Celery message in one script: one round
     trip, and all of them reach Redis or none does, so a worker never receives a job it
     cannot find and no record waits for a message that was never sent."""
-    messages = message_factory(celery)
     try:
-        queued: dict[str, list[str]] = {}
-        for record in records:
-            key, payload = messages.message(record.id, POOLS[record.pool].queue, record.time_limit)
-            queued.setdefault(key, []).append(payload)
-        # kombu pushes at the head and pops at the tail: first submitted, first run.
-        store.create_many(records, messages=queued)
+        store.create_many(records, messages=job_messages(celery, records))
     except (OperationalError, redis.RedisError) as exc:
         raise BrokerUnavailable(str(exc)) from exc
 
@@ -134,6 +139,7 @@ def requeue_job(store: JobStore, celery: Celery, job_id: str) -> JobRecord | Non
         job_id,
         {JobState.failed, JobState.cancelled},
         JobState.queued,
+        return_record=True,
         # dispatched_at: the reconciler counts a lost message from this dispatch, not
         # from the submission.
         fields={"finished_at": None, "started_at": None, "result": None, "error": None,
@@ -143,7 +149,6 @@ def requeue_job(store: JobStore, celery: Celery, job_id: str) -> JobRecord | Non
     )  # fmt: skip
     if answer is None or not answer[0]:
         return None
-    record = store.get(job_id)
-    assert record is not None
+    record = answer[2]
     send_job_message(celery, record, task_id)
     return record
