@@ -49,9 +49,13 @@ class QoS(kombu_redis.QoS):
         self._acks_waiting = threading.Event()
         self._flusher: threading.Thread | None = None
 
-    def recorded(self, delivery_tag: str) -> None:
-        """The next append of this tag needs no Redis: the channel recorded it already."""
-        self._recorded.add(delivery_tag)
+    def recorded(self, delivery_tag: str, recorded: bool = True) -> None:
+        """The next append of this tag needs no Redis: the channel recorded it already
+        (or, with `recorded=False`, no longer: the message went back to its queue)."""
+        if recorded:
+            self._recorded.add(delivery_tag)
+        else:
+            self._recorded.discard(delivery_tag)
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self._recorded:

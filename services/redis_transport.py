@@ -180,7 +180,7 @@ class Channel(kombu_redis.Channel):
         in their order (BRPOP takes from the right: the last pushed right is next)."""
         for _key, item in reversed(pairs):
             tag = loads(bytes_to_str(item))["properties"]["delivery_tag"]
-            self.qos._recorded.discard(tag)
+            self.qos.recorded(tag, recorded=False)
             self.qos.restore_by_tag(tag, leftmost=False)
 
     @contextmanager
