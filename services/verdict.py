@@ -21,9 +21,15 @@ def _gil_lesson(workload: str, targets: list[TargetReport], cores: int) -> list[
     ratio = thread.makespan_s / process.makespan_s
     lead = f"{workload}: {process.target}"
     if ratio >= 1.15:
+        # gevent's greenlets are one thread's: the lesson is said of what was compared.
+        shared = (
+            "greenlets share one thread and its GIL"
+            if thread.target == "gevent"
+            else ("threads share one GIL")
+        )
         return [
             f"{lead} {ratio:.1f}x faster than {thread.target} on {cores} cores - "
-            "threads share one GIL, processes each have their own."
+            f"{shared}, processes each have their own."
         ]
     lead = f"{lead} only {ratio:.2f}x faster than {thread.target}"
     if cores == 1:

@@ -59,7 +59,15 @@ def test_verdict_for_cpu_names_the_gil_with_the_ratio() -> None:
     lines = verdict("cpu_hash", "cpu", 4, [threads, prefork], cores=2)
     assert "fastest is prefork" in lines[0]
     assert any("prefork 2.0x faster than threads on 2 cores" in line for line in lines)
-    assert any("GIL" in line for line in lines)
+    assert any("threads share one GIL" in line for line in lines)
+
+
+def test_verdict_against_gevent_speaks_of_greenlets() -> None:
+    gevent = measure("gevent", "pool", timings([0, 0.1, 0.2, 0.3], 0.1), 100, 0.2, None)
+    prefork = measure("prefork", "pool", timings([0, 0, 0.1, 0.1], 0.1), 2, 0.2, None)
+    lines = verdict("cpu_hash", "cpu", 4, [gevent, prefork], cores=2)
+    (lesson,) = [line for line in lines if "faster than gevent" in line]
+    assert "greenlets share one thread" in lesson
 
 
 def test_verdict_when_processes_do_not_win_says_what_the_numbers_show() -> None:
