@@ -131,3 +131,17 @@ def test_submit_batch_from_a_file(stack: Stack, tmp_path: Path) -> None:
     refused = cli(stack, "submit", "--batch", str(bad))
     assert refused.returncode == 1
     assert "jobs.1.params.seconds" in refused.stderr and "0 accepted" in refused.stderr
+
+
+def test_submit_batch_splits_a_large_file_into_requests(stack: Stack, tmp_path: Path) -> None:
+    # 1,002 jobs: a first request of 1,000, accepted; a second of 2, whose bad item
+    # refuses it, and the answer says what was accepted before.
+    jobs = [{"workload": "noop", "params": {"value": i}} for i in range(1_001)]
+    jobs.append({"workload": "sleep", "params": {}})
+    path = tmp_path / "large.jsonl"
+    path.write_text("\n".join(json.dumps(job) for job in jobs))
+    before = stack.redis().zcard("jobrunner:jobs")
+    answer = cli(stack, "submit", "--batch", str(path))
+    assert answer.returncode == 1
+    assert "jobs 1000..1001" in answer.stderr and "1000 accepted before" in answer.stderr
+    assert stack.redis().zcard("jobrunner:jobs") == before + 1_000

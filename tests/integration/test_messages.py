@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,6 +15,7 @@ from services.broker import RUN_JOB_TASK, make_celery
 from services.jobs import JobState, JobStore
 from services.messages import MessageFactory
 from services.pools import POOLS
+from services.redis_server import RedisServer
 from services.settings import Settings
 from services.submission import JobSpec, submit_jobs
 from tests.stack import Stack
@@ -78,3 +80,27 @@ def test_a_batch_keeps_its_order_and_its_records(
     # No worker will ever run them: out of the queued index, or the reconciler re-sends.
     for record in records:
         store.transition(record.id, {JobState.queued}, JobState.cancelled)
+
+
+@pytest.mark.parametrize("count", [1, 1_000])
+def test_a_batch_is_one_round_trip_however_many_jobs(tmp_path: Path, count: int) -> None:
+    """Records, index entries and messages go in one script call: one EVALSHA, one LPUSH
+    per queue and one ZADD per index, for 1 job as for 1,000 (a private Redis, so no
+    worker's commands are counted)."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        settings = Settings(redis_url=server.url)
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        store, celery = JobStore(client, 3600), make_celery(settings)
+        submit_jobs(store, celery, [JobSpec("noop", {}, "threads")])  # loads the script
+        client.config_resetstat()
+        submit_jobs(store, celery, [JobSpec("noop", {"value": i}, "threads") for i in range(count)])
+        calls = {
+            name.removeprefix("cmdstat_"): s["calls"]
+            for name, s in client.info("commandstats").items()
+        }
+        assert calls["evalsha"] == 1 and calls["lpush"] == 1 and calls["zadd"] == 4
+        assert calls["hset"] == calls["expire"] == count
+        assert client.llen(POOLS["threads"].queue) == count + 1
+    finally:
+        server.stop()
