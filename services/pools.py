@@ -38,7 +38,7 @@ POOLS: dict[str, PoolProfile] = {
         # threads mostly queue for the one GIL (the lab's sleep sweep flattens there).
         PoolProfile("threads", "threads", 8, "io", False, False, False),
         # One process per core (Celery's own default): the benchmark's cpu_hash runs
-        # 2.0x faster at 2 processes than solo on 2 cores, and the lab's scale sweep adds
+        # 1.9-2.0x faster at 2 processes than solo on 2 cores, and the lab's scale sweep adds
         # nothing past the core count; more processes only add switching.
         PoolProfile("prefork", "prefork", os.cpu_count() or 2, "cpu", True, True, True),
         # 100 greenlets: a waiting greenlet costs ~0.7 MiB of the worker (bench/RESULTS.md),
