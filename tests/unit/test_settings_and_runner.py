@@ -171,3 +171,34 @@ def test_a_shorter_visibility_timeout_reaches_every_container() -> None:
         environment = {k.lower(): v for k, v in service["environment"].items()}
         settings = Settings(**environment)  # raises where a container would fail
         assert (settings.job_visibility_timeout, settings.job_max_time_limit) == (120, 60)
+
+
+def test_compose_redis_is_durable_private_and_password_protected() -> None:
+    """What the README's Guarantees and Security sections promise of compose's Redis."""
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    redis_service = services["redis"]
+    command = redis_service["command"].split()
+    assert command[command.index("--appendonly") :][:2] == ["--appendonly", "yes"]
+    assert command[command.index("--appendfsync") :][:2] == ["--appendfsync", "everysec"]
+    assert "--requirepass" in command
+    assert "ports" not in redis_service  # only the compose network reaches it
+    assert any(volume.endswith(":/data") for volume in redis_service["volumes"])
+    for name, service in services.items():
+        if name != "redis":
+            # Every app service reaches Redis with the password, and comes back if it dies.
+            assert ":${REDIS_PASSWORD" in service["environment"]["REDIS_URL"], name
+            assert service["restart"] == "unless-stopped", name
+            assert "healthcheck" in service, name
+
+
+def test_no_debug_mode_anywhere() -> None:
+    """The API runs under gunicorn without reload or debug, Flask's debug is off, and
+    neither compose nor the Dockerfile turns either on."""
+    from api.__main__ import gunicorn_command
+    from api.app import create_app
+
+    argv = gunicorn_command()
+    assert not {"--reload", "--debug", "--log-level=debug"} & set(argv)
+    assert create_app(Settings(jobrunner_auth="off")).debug is False
+    for text in (COMPOSE_FILE.read_text(), (ROOT / "Dockerfile").read_text()):
+        assert "FLASK_DEBUG" not in text and "--reload" not in text
