@@ -70,6 +70,31 @@ def test_submit_scope_cannot_cancel(stack: Stack) -> None:
     assert requests.get(job_url, headers=bearer("reader"), timeout=10).status_code == 200
 
 
+def test_submit_scope_cannot_run_experiments(stack: Stack) -> None:
+    body = {"workload": "noop", "params": {}, "count": 1, "pools": ["threads"], "local": []}
+    answer = requests.post(
+        f"{stack.url}/experiments", json=body, headers=bearer("submitter"), timeout=10
+    )
+    assert answer.status_code == 403 and "admin" in answer.json()["detail"]
+
+
+def test_without_configured_keys_nobody_gets_in(stack: Stack) -> None:
+    """Auth on and no JOBRUNNER_API_KEYS: every protected call is 401, the start warns."""
+    env = {**stack.env, "JOBRUNNER_API_KEYS": ""}
+    code = (
+        "from api.app import create_app\n"
+        "client = create_app().test_client()\n"
+        "print(client.get('/jobs').status_code, client.post('/jobs', json={}).status_code,"
+        " client.get('/healthz').status_code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["401", "401", "200"]
+    assert "no JOBRUNNER_API_KEYS configured" in result.stderr
+
+
 @pytest.fixture(scope="module")
 def limited_api(stack: Stack) -> Iterator[str]:
     """A second API process on the same Redis, limited to 3 requests per second per key."""

@@ -145,3 +145,25 @@ def test_submit_batch_splits_a_large_file_into_requests(stack: Stack, tmp_path: 
     assert answer.returncode == 1
     assert "jobs 1000..1001" in answer.stderr and "1000 accepted before" in answer.stderr
     assert stack.redis().zcard("jobrunner:jobs") == before + 1_000
+
+
+def test_cli_finds_the_api_and_key_by_itself(stack: Stack, tmp_path: Path) -> None:
+    """No --api and no JOBRUNNER_API_KEY: the URL from JOBRUNNER_URL, the key from the
+    .run/api-key that `make run` writes, in the folder the CLI runs from."""
+    (tmp_path / ".run").mkdir()
+    (tmp_path / ".run" / "api-key").write_text(TEST_KEYS["admin"][1] + "\n")
+    hidden = ("JOBRUNNER_API_KEY", "JOBRUNNER_RUN_DIR", "JOBRUNNER_URL")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    env.update(JOBRUNNER_URL=stack.url, COLUMNS="200")
+    answer = subprocess.run(
+        [sys.executable, "-m", "services.cli", "pools"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert answer.returncode == 0, answer.stderr
+    assert "prefork" in answer.stdout and "gevent" in answer.stdout
+    (tmp_path / ".run" / "api-key").write_text("not-a-key\n")  # and it is that key it sent
+    refused = subprocess.run(
+        [sys.executable, "-m", "services.cli", "pools"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "401" in refused.stderr
