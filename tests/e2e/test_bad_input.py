@@ -103,3 +103,21 @@ def test_wrong_method_and_path_are_problems(stack: Stack) -> None:
     missing = stack.http.get(f"{stack.url}/nowhere", timeout=10)
     assert missing.status_code == 404
     assert missing.headers["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ({"workload": "sleep", "params": {"seconds": 1}, "pool": "fibers"}, "pool",
+         ["threads", "prefork", "gevent"]),
+        ({"workload": "sleep", "params": {"seconds": 3600}}, "params.seconds", ["60"]),
+        ({"workload": "cpu_hash", "params": {"rounds": 0}}, "params.rounds", ["1"]),
+    ],
+)  # fmt: skip
+def test_a_422_names_the_allowed_values_or_the_bound(
+    stack: Stack, body: dict, field: str, says: list[str]
+) -> None:
+    response = stack.http.post(f"{stack.url}/jobs", json=body, timeout=10)
+    assert response.status_code == 422
+    (error,) = [e for e in response.json()["errors"] if e["field"] == field]
+    assert all(word in error["message"] for word in says), error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 
 import pytest
@@ -43,6 +44,7 @@ def test_every_workload_runs_on_every_pool(stack: Stack, pool: str) -> None:
         assert record["state"] == "succeeded", record
         assert record["pool"] == pool and record["pool_chosen_by"] == "client"
         assert record["worker_node"].startswith(f"{pool}-")
+        assert record["worker_host"] == socket.gethostname()  # the test's workers are here
         assert record["worker_pid"] > 0 and record["attempts"] == 1
         # received_at travels from the worker's consumer to the slot that ran the job.
         assert (
@@ -142,8 +144,9 @@ def test_cancel_of_a_running_prefork_job_terminates_it(stack: Stack) -> None:
     assert stack.job(record["id"])["state"] == "cancelled"
 
 
-def test_cancel_of_a_running_thread_job_is_refused_honestly(stack: Stack) -> None:
-    record = stack.submit("sleep", {"seconds": 1}, pool="threads")
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
+def test_cancel_of_a_running_thread_job_is_refused_honestly(stack: Stack, pool: str) -> None:
+    record = stack.submit("sleep", {"seconds": 1}, pool=pool)
     stack.wait_for([record["id"]], states={"running"})
     response = stack.http.delete(f"{stack.url}/jobs/{record['id']}", timeout=10)
     assert response.status_code == 409
@@ -157,12 +160,22 @@ def test_cancel_of_a_running_thread_job_is_refused_honestly(stack: Stack) -> Non
 def test_pools_lists_live_workers_and_capabilities(stack: Stack) -> None:
     pools = {p["name"]: p for p in stack.http.get(f"{stack.url}/pools", timeout=10).json()["pools"]}
     assert set(pools) == set(POOLS)
+    started = {w.node: w.concurrency for w in stack.workers}
     for name, pool in pools.items():
         assert pool["queue"] == f"pool.{name}"
         assert pool["workers"], f"no live worker listed for {name}"
-        assert all(w["concurrency"] >= 1 for w in pool["workers"])
-    assert pools["prefork"]["capabilities"]["terminate_running"] is True
-    assert pools["gevent"]["capabilities"]["hard_time_limit"] is False
+        # Each worker the test stack started for this pool, by its node, at its concurrency.
+        for worker in pool["workers"]:
+            assert worker["node"] in started and worker["node"].startswith(f"{name}-")
+            assert worker["concurrency"] == started[worker["node"]]
+        profile = POOLS[name]
+        assert pool["capabilities"] == {
+            "hard_time_limit": profile.hard_time_limit,
+            "terminate_running": profile.terminate_running,
+            "memory_isolation": profile.memory_isolation,
+        }
+    assert pools["prefork"]["capabilities"] == dict.fromkeys(pools["prefork"]["capabilities"], True)
+    assert not any(pools["gevent"]["capabilities"].values())
 
 
 def test_workloads_are_listed_with_kind_and_schema(stack: Stack) -> None:
@@ -182,6 +195,13 @@ def test_health_readiness_and_openapi(stack: Stack) -> None:
         assert path in document["paths"], path
     post = document["paths"]["/jobs"]["post"]
     assert "202" in post["responses"] and "422" in post["responses"]
+
+
+def test_lab_delay_answers_after_the_delay_asked(stack: Stack) -> None:
+    started = time.monotonic()
+    answer = stack.http.get(f"{stack.url}/lab/delay?ms=300", timeout=10)
+    assert answer.status_code == 200 and answer.json() == {"waited_ms": 300}
+    assert time.monotonic() - started >= 0.3  # never sooner: http_get jobs wait on it
 
 
 def test_a_cancelled_running_prefork_job_can_be_retried_and_finishes(stack: Stack) -> None:
