@@ -52,6 +52,10 @@ def check_consistent(experiment: dict, count: int) -> dict[str, dict]:
             assert target["cpu_seconds_per_job"] > 0, name
         lat = target["latency_s"]
         assert lat["p50"] <= lat["p95"] <= lat["p99"] <= target["makespan_s"] + 1e-6
+        # Latency splits into the wait for a slot and the run itself.
+        queue, run = target["queue_wait_s"], target["run_time_s"]
+        assert 0 <= queue["p50"] <= queue["p99"] and 0 < run["p50"] <= run["p99"], name
+        assert run["p50"] <= lat["p99"] + 1e-6 and queue["p50"] <= lat["p99"] + 1e-6
     topology = report["topology"]
     assert topology["cores"] >= 1 and topology["host"]
     assert topology["python"].count(".") == 2 and topology["celery"][0].isdigit()
@@ -59,6 +63,7 @@ def check_consistent(experiment: dict, count: int) -> dict[str, dict]:
     for pool in {t["target"] for t in report["targets"]} & POOL_NAMES:
         workers = topology["workers"][pool]
         assert workers and all(w["pid"] and w["concurrency"] >= 1 for w in workers), pool
+        assert all(w["node"].startswith(f"{pool}-") for w in workers), pool
     assert report["verdict"], "a report always says something"
     return targets
 
@@ -132,6 +137,19 @@ def test_cpu_experiment_scales_only_with_processes(stack: Stack) -> None:
     assert rows["threads"]["throughput_per_s"][again["id"]] is None
 
 
+def test_http_get_runs_on_the_asyncio_twin(stack: Stack) -> None:
+    """http_get's async twin (httpx) against the API's own delay, beside the blocking one."""
+    body = {
+        "workload": "http_get", "params": {"url": f"{stack.url}/lab/delay?ms=100"},
+        "count": 8, "local": ["sequential", "asyncio"], "concurrency": 8,
+    }  # fmt: skip
+    experiment, _ = run_experiment(stack, body)
+    targets = check_consistent(experiment, 8)
+    # Eight delays of 0.1 s at once, against one after the other.
+    speedup = targets["sequential"]["makespan_s"] / targets["asyncio"]["makespan_s"]
+    assert speedup >= 3, f"asyncio only {speedup:.1f}x faster than sequential"
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -144,6 +162,8 @@ def test_cpu_experiment_scales_only_with_processes(stack: Stack) -> None:
         ({"workload": "cpu_hash", "params": {"rounds": 10}, "count": 5, "local": ["asyncio"]},
          "body"),
         ({"workload": "sleep", "params": {"seconds": 0.1}, "count": 5}, "body"),
+        ({"workload": "sleep", "params": {"seconds": 0.1}, "count": 5, "local": ["fibers"]},
+         "local.0"),
         ({"workload": "sleep", "params": {"seconds": 99}, "count": 5, "pools": ["threads"]},
          "seconds"),
     ],
