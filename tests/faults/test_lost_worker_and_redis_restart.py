@@ -59,10 +59,16 @@ def test_job_of_a_killed_worker_finishes_on_another(fault_stack: Stack, pool: st
     victim.process.wait(timeout=10)
     stack.workers.remove(victim)
 
+    killed_at = time.time()
     (done,) = stack.wait_for([record["id"]], timeout=60)
     assert done["state"] == "succeeded", done
     assert done["attempts"] == 2
     assert done["worker_node"] != victim.node
+    print(
+        f"\n{pool} worker killed mid-job: attempts={done['attempts']}, started again "
+        f"{done['started_at'] - killed_at:.1f} s later on {done['worker_node']} "
+        f"(visibility timeout {VISIBILITY_TIMEOUT} s)"
+    )
     # The pool is whole again for the next test.
     stack.start_worker(pool, 4 if pool == "threads" else 1 if pool == "prefork" else 10)
     stack.wait_ready()
@@ -105,16 +111,23 @@ def test_redis_restart_loses_no_accepted_job(fault_stack: Stack) -> None:
 
     time.sleep(1)
     stack.redis_server.start()
-    deadline = time.monotonic() + 30
+    restarted = time.monotonic()
+    deadline = restarted + 30
     while stack.http.get(f"{stack.url}/readyz", timeout=15).status_code != 200:
         assert time.monotonic() < deadline, "API did not recover after Redis came back"
         time.sleep(0.2)
+    recovered = time.monotonic() - restarted
 
     # A worker may give up on a broker that vanished (Celery calls it unrecoverable);
     # its supervisor starts it again, as here.
     stack.restart_dead_workers()
     records = stack.wait_for(accepted, timeout=90)
     assert [r["state"] for r in records] == ["succeeded"] * len(accepted)
+    print(
+        f"\nRedis killed and restarted: readyz, POST /jobs, GET /jobs, GET /pools answered "
+        f"503 while down; API ready {recovered:.1f} s after Redis; accepted={len(accepted)} "
+        f"finished={sum(r['state'] == 'succeeded' for r in records)} lost=0"
+    )
     # And the stack takes new work after the restart.
     after = stack.submit("sleep", {"seconds": 0.1}, pool="gevent")
     (done,) = stack.wait_for([after["id"]], timeout=60)
