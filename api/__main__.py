@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from services.settings import get_settings
+from services.core.settings import get_settings
 
 
 def gunicorn_command() -> list[str]:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from flask import Flask, Response, json
 from werkzeug.routing import BaseConverter
 
-from api import batch, catalog, experiments, health, jobs, lab, pools
 from api.auth import install_auth
 from api.context import ApiContext
 from api.errors import install_error_handlers
 from api.openapi import document as openapi_document
 from api.openapi import spec
-from services.broker import make_celery
-from services.jobs import JobStore
-from services.settings import Settings, get_settings
+from api.routes import batch, catalog, delay, experiments, health, jobs, pools
+from services.broker.celery_app import make_celery
+from services.core.redis_clients import redis_client
+from services.core.settings import Settings, get_settings
+from services.jobs.store import JobStore
 
 
 class JobIdConverter(BaseConverter):
@@ -32,15 +32,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["job_id"] = JobIdConverter
     # Flask answers 413 for a larger body before any view reads it.
     app.config["MAX_CONTENT_LENGTH"] = settings.job_max_body_bytes
-    client = redis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
-    )
+    client = redis_client(settings.redis_url, timeout=5, connect_timeout=2)
     app.extensions["jobrunner"] = ApiContext(
         settings=settings,
         store=JobStore(client, settings.job_result_ttl),
         celery=make_celery(settings),
     )
-    for module in (batch, jobs, catalog, pools, health, lab, experiments):
+    for module in (batch, jobs, catalog, pools, health, delay, experiments):
         app.register_blueprint(module.blueprint)
     install_error_handlers(app)
     install_auth(app)

@@ -9,7 +9,6 @@ operator sets JOBRUNNER_AUTH=off explicitly, which is logged as a warning.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import time
@@ -19,7 +18,8 @@ from flask import Flask, g, request
 
 from api.context import api_context
 from api.errors import Problem
-from services import keys
+from services.core import redis_keys
+from services.core.api_keys import key_digest
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ SCOPES = ("read", "submit", "admin")
 
 # Endpoints anyone may call: probes, the API's description, and the lab's delay target
 # (workers call it from http_get jobs, without credentials).
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "openapi", "lab.delay", "static"})
+PUBLIC_ENDPOINTS = frozenset(
+    {"health.healthz", "health.readyz", "openapi", "delay.delay", "static"}
+)
 # Where the method alone does not say it: cancelling is an operator's act, and so is
 # starting an experiment, which occupies every pool.
 SCOPE_OVERRIDES = {"jobs.cancel_job": "admin"}
@@ -78,7 +80,7 @@ def required_scope(endpoint: str, method: str) -> str:
 def identify(configured: list[ApiKey], header: str | None) -> ApiKey | None:
     if not header or not header.startswith("Bearer "):
         return None
-    presented = hashlib.sha256(header.removeprefix("Bearer ").strip().encode()).digest()
+    presented = key_digest(header.removeprefix("Bearer ").strip())
     found = None
     for key in configured:  # no early exit: the time taken does not depend on which matched
         if hmac.compare_digest(presented, key.sha256):
@@ -92,7 +94,7 @@ def enforce_rate_limit(client_name: str, limit: int) -> None:
     if limit <= 0:
         return
     window = int(time.time())
-    counter = keys.rate_window(client_name, window)
+    counter = redis_keys.rate_window(client_name, window)
     pipe = api_context().store.redis.pipeline(transaction=False)
     pipe.incr(counter)
     pipe.expire(counter, 2)

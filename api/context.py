@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import current_app
 
-from services.jobs import JobStore
-from services.settings import Settings
+from services.core.settings import Settings
+from services.jobs.store import JobStore
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,14 @@ class Problem(Exception):
         )
 
 
+def broker_problem() -> Problem:
+    """Redis did not take a submission: a 503 saying nothing was accepted."""
+    return Problem(
+        503, "Service Unavailable", "Redis did not take the job; nothing was queued",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
 def validation_problem(exc: ValidationError, prefix: str = "") -> Problem:
     """A 422 naming each failing field (dotted path) and why it failed."""
     errors = []

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
+from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter, create_model
 
-from services.jobs import JobRecord, JobState
-from services.pools import POOLS
-from services.workloads import CATALOG, Workload
+from services.catalog.workloads import CATALOG, Workload, WorkloadName
+from services.core.vocabulary import JobState, PoolName, WorkloadKind
+from services.jobs.record import JobRecord
+from services.lab.experiments import Experiment
 
-# Literal types built from the catalogs, so a 422 lists the allowed values by itself.
-WorkloadName = Literal[tuple(CATALOG)]  # type: ignore[valid-type]
-PoolName = Literal[tuple(POOLS)]  # type: ignore[valid-type]
+# Jobs in one POST /jobs/batch.
+MAX_BATCH_JOBS = 1_000
 
 
 class JobOptions(BaseModel):
@@ -73,6 +73,18 @@ class JobSubmission(RootModel):
     root: AnySubmission
 
 
+class BatchSubmission(BaseModel):
+    jobs: list[JobSubmission] = Field(..., min_length=1, max_length=MAX_BATCH_JOBS)
+
+
+# The items of a batch validated in one call into pydantic-core, without a model per item.
+BatchItems = TypeAdapter(list[AnySubmission])
+
+
+class BatchAccepted(BaseModel):
+    jobs: list[JobRecord]
+
+
 class JobListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state: JobState | None = None
@@ -89,10 +101,13 @@ class JobPage(BaseModel):
 
 class WorkloadInfo(BaseModel):
     name: str
-    kind: Literal["io", "cpu"]
+    kind: WorkloadKind
     description: str
     default_pool: str
     params_schema: dict[str, Any]
+    local_executors: list[str] = Field(
+        ..., description="The lab's local executors that can run it (asyncio: I/O only)."
+    )
 
 
 class WorkloadList(BaseModel):
@@ -114,7 +129,7 @@ class PoolCapabilities(BaseModel):
 class PoolInfo(BaseModel):
     name: str
     queue: str
-    suited_to: Literal["io", "cpu"]
+    suited_to: WorkloadKind
     capabilities: PoolCapabilities
     workers: list[WorkerInfo]
     queued: int = Field(..., description="Messages waiting in the pool's queue.")
@@ -134,3 +149,26 @@ class DelayQuery(BaseModel):
 
 class DelayAnswer(BaseModel):
     waited_ms: int
+
+
+class ExperimentList(BaseModel):
+    experiments: list[Experiment]
+
+
+class ComparisonRow(BaseModel):
+    target: str
+    throughput_per_s: dict[str, float | None] = Field(..., description="By experiment id.")
+    ratio_last_to_first: float | None
+
+
+class Comparison(BaseModel):
+    experiments: list[Experiment]
+    rows: list[ComparisonRow]
+
+
+class ExperimentListQuery(BaseModel):
+    limit: int = Field(20, ge=1, le=200)
+
+
+class CompareQuery(BaseModel):
+    ids: str = Field(..., description="Comma-separated experiment ids, e.g. ?ids=a,b")

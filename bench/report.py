@@ -12,10 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on a benchmark machine
-import matplotlib.pyplot as plt
+from services.core.plotting import figure_bytes, plt
 
 _RATIO_TARGET = re.compile(r"(>=|<=) (\d+(?:\.\d+)?)x")
 _ABSOLUTE_TARGET = re.compile(r"<= (\d+(?:\.\d+)?) ms")
@@ -85,8 +82,8 @@ def table(rows: list[Row]) -> str:
 
 
 def chart(rows: list[Row], path: Path, title: str) -> Path | None:
-    """Each ratio figure as a bar against its target, on a log scale (the ratios run from
-    under 1 to over 10); green where the target is met. None if nothing to draw."""
+    """Each ratio figure as a bar against its target, on a log scale (the ratios range
+    widely on both sides of 1); green where the target is met. None if nothing to draw."""
     drawn = [(r, r.ratio(), r.bound()) for r in rows]
     drawn = [(r, ratio, bound) for r, ratio, bound in drawn if ratio and bound]
     if not drawn:
@@ -104,8 +101,6 @@ def chart(rows: list[Row], path: Path, title: str) -> Path | None:
     ax.set_xlim(0.3, max(ratio for _, ratio, _ in drawn) * 12)  # room for the labels
     ax.set_xlabel("jobrunner / stock (log scale); black tick = target")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path.write_bytes(figure_bytes(fig, "png"))
     return path

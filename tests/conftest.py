@@ -20,7 +20,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.start_api()
         for pool, concurrency in TEST_CONCURRENCY.items():
             stack.start_worker(pool, concurrency)
-        stack.start_worker("lab")
+        stack.start_worker("experiments")
         stack.wait_ready()
         yield stack
     finally:

@@ -1,30 +1,31 @@
-"""A real jobrunner stack for tests and benchmarks: redis-server, workers, the API.
+"""A real jobrunner stack for the tests: the launcher's processes, plus what a test needs
+to talk to them.
 
-Every part is a real process started from the same commands `make run` uses; nothing is
-mocked. Tests talk to it over HTTP and read Redis directly only to check what is stored.
+Every part is a real process started by services/devstack/launcher.py from the same
+commands `make run` uses; nothing is mocked. Tests talk to it over HTTP and read Redis
+directly only to check what is stored.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 import requests
 
-from services.broker import make_celery
-from services.redis_server import RedisServer, free_port
-from services.settings import Settings
+from services.broker.celery_app import make_celery
+from services.core.api_keys import hash_key
+from services.core.redis_clients import redis_client
+from services.core.settings import Settings
+from services.core.vocabulary import FINAL_JOB_STATES
+from services.devstack.launcher import Launcher, ManagedProcess
+from services.devstack.redis_server import free_port
 
-FINAL = {"succeeded", "failed", "cancelled"}
+FINAL = {str(state) for state in FINAL_JOB_STATES}
 
 # API keys of the test stack, by name, with their scopes: one per scope boundary.
 TEST_KEYS = {
@@ -37,8 +38,7 @@ TEST_KEYS = {
 def api_keys_setting() -> str:
     """JOBRUNNER_API_KEYS for TEST_KEYS: hashes only, as an operator would configure."""
     return ",".join(
-        f"{name}:{scopes}:{hashlib.sha256(secret.encode()).hexdigest()}"
-        for name, (scopes, secret) in TEST_KEYS.items()
+        f"{name}:{scopes}:{hash_key(secret)}" for name, (scopes, secret) in TEST_KEYS.items()
     )
 
 
@@ -46,125 +46,45 @@ def bearer(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TEST_KEYS[name][1]}"}
 
 
-@dataclass
-class WorkerProcess:
-    pool: str
-    node: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    concurrency: int | None = None
+class Stack(Launcher):
+    """Redis + API + workers, all real processes, in `workdir`, with the test keys."""
+
+    def __init__(self, workdir: Path, env_overrides: dict[str, str] | None = None) -> None:
+        overrides = {"PYTHONUNBUFFERED": "1", "JOBRUNNER_API_KEYS": api_keys_setting()}
+        super().__init__(workdir, overrides={**overrides, **(env_overrides or {})})
+        self.api_port = free_port()
+        self._http: requests.Session | None = None
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def workdir(self) -> Path:
+        """Where every process logs (api.log, threads-1.log, …) and Redis keeps its data."""
+        return self.folder
 
+    # -- starting and stopping -----------------------------------------------------------
 
-@dataclass
-class Stack:
-    """Redis + API + workers, all real processes, in `workdir`."""
+    def start_api(self, host: str | None = None, port: int | None = None) -> ManagedProcess:
+        return super().start_api(host or "127.0.0.1", port or self.api_port)
 
-    workdir: Path
-    env_overrides: dict[str, str] = field(default_factory=dict)
-    redis_server: RedisServer | None = None
-    api: subprocess.Popen[bytes] | None = None
-    api_port: int = 0
-    workers: list[WorkerProcess] = field(default_factory=list)
-    _counter: int = 0
-    _http: requests.Session | None = None
-
-    # -- starting ----------------------------------------------------------------------
-
-    def start_redis(self, fsync: str = "always") -> None:
-        self.redis_server = RedisServer(self.workdir / "redis", fsync=fsync).start()
-
-    @property
-    def env(self) -> dict[str, str]:
-        assert self.redis_server is not None
-        env = dict(os.environ)
-        env.update(
-            REDIS_URL=self.redis_server.url,
-            API_HOST="127.0.0.1",
-            API_PORT=str(self.api_port),
-            PYTHONUNBUFFERED="1",
-            JOBRUNNER_API_KEYS=api_keys_setting(),
-        )
-        env.update(self.env_overrides)
-        return env
-
-    def start_api(self) -> None:
-        self.api_port = self.api_port or free_port()
-        log = (self.workdir / "api.log").open("ab")
-        self.api = subprocess.Popen(
-            [sys.executable, "-m", "api"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-
-    def start_worker(self, pool: str, concurrency: int | None = None) -> WorkerProcess:
-        self._counter += 1
-        node = f"{pool}-{self._counter}@test"
-        log_path = self.workdir / f"worker-{pool}-{self._counter}.log"
-        # The very command compose and the local runner use.
-        argv = [sys.executable, "-m", "worker", "--pool", pool, "--name", node]
-        if concurrency:
-            argv += ["--concurrency", str(concurrency)]
-        process = subprocess.Popen(
-            argv, env=self.env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT
-        )
-        worker = WorkerProcess(pool, node, process, log_path, concurrency)
-        self.workers.append(worker)
-        return worker
-
-    def restart_dead_workers(self) -> list[WorkerProcess]:
+    def restart_dead_workers(self) -> list[ManagedProcess]:
         """What compose's restart policy and the local runner do for a worker that exited."""
-        dead = [w for w in self.workers if w.process.poll() is not None]
-        for worker in dead:
-            self.workers.remove(worker)
-            self.start_worker(worker.pool, worker.concurrency)
-        return dead
+        return self.restart_dead()
+
+    def stop_worker(self, worker: ManagedProcess, sig: int = signal.SIGTERM) -> None:
+        """Stop a worker (one a test killed is only forgotten) and never restart it."""
+        self.stop_process(worker, sig)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the API answers and every started worker answers Celery's ping."""
-        celery = make_celery(Settings(redis_url=self.env["REDIS_URL"]))
-        deadline = time.monotonic() + timeout
-        expected = {w.node for w in self.workers if w.process.poll() is None}
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                ready = self.http.get(f"{self.url}/readyz", timeout=5).status_code == 200
-                answered = {node for reply in celery.control.ping(timeout=0.5) for node in reply}
-                if ready and expected <= answered:
-                    return
-            except Exception:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"stack not ready in {timeout}s; logs in {self.workdir}")
+        assert self.redis_url is not None
+        celery = make_celery(Settings(redis_url=self.redis_url))
 
-    def _check_alive(self) -> None:
-        if self.api is not None and self.api.poll() is not None:
-            raise RuntimeError(f"API exited: {(self.workdir / 'api.log').read_text()[-3000:]}")
+        def live_nodes() -> set[str]:
+            return {node for reply in celery.control.ping(timeout=0.5) for node in reply}
 
-    # -- stopping ----------------------------------------------------------------------
+        self.wait_api_ready(timeout)
+        self.wait_workers_ready(live_nodes, timeout)
 
-    def stop_worker(self, worker: WorkerProcess, sig: int = signal.SIGTERM) -> None:
-        if worker.process.poll() is None:
-            worker.process.send_signal(sig)
-            try:
-                worker.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-                worker.process.wait()
-        if worker in self.workers:
-            self.workers.remove(worker)
-
-    def stop(self) -> None:
-        for worker in list(self.workers):
-            self.stop_worker(worker)
-        if self.api is not None and self.api.poll() is None:
-            self.api.terminate()
-            self.api.wait(timeout=20)
-        if self.redis_server is not None:
-            self.redis_server.stop()
-
-    # -- talking to it -----------------------------------------------------------------
+    # -- talking to it -------------------------------------------------------------------
 
     @property
     def http(self) -> requests.Session:
@@ -179,8 +99,8 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def redis(self) -> redis.Redis:
-        assert self.redis_server is not None
-        return redis.Redis.from_url(self.redis_server.url, decode_responses=True)
+        assert self.redis_url is not None
+        return redis_client(self.redis_url)
 
     def submit(self, workload: str, params: dict[str, Any] | None = None, **extra: Any) -> dict:
         body = {"workload": workload, "params": params or {}, **extra}

@@ -1,6 +1,8 @@
-"""`python -m worker --pool gevent`: start one worker process for a pool.
+"""`python -m worker --pool gevent`: start one worker process for a pool;
+`python -m worker --experiments`: the worker that runs the lab's experiments.
 
-The compose file and the local runner both start workers with this command.
+The compose file and the launcher (services/devstack/launcher.py) start workers with this
+command.
 """
 
 from __future__ import annotations
@@ -8,19 +10,24 @@ from __future__ import annotations
 import argparse
 import os
 
-from services.pools import POOLS
-from services.settings import get_settings
-from worker.profiles import worker_command
+from services.catalog.pools import POOLS
+from services.core.settings import get_settings
+from worker.profiles import EXPERIMENTS, worker_command
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
-    parser.add_argument("--pool", required=True, choices=[*sorted(POOLS), "lab"])
+    role = parser.add_mutually_exclusive_group(required=True)
+    role.add_argument("--pool", choices=sorted(POOLS), help="the pool whose queue it serves")
+    role.add_argument(
+        "--experiments", action="store_true", help="run the lab's experiments, one at a time"
+    )
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--name", default=None, help="Celery node name, e.g. gevent-2@%%h")
     parser.add_argument("--loglevel", default=get_settings().worker_loglevel)
     args = parser.parse_args()
-    argv = worker_command(args.pool, args.concurrency, args.name, args.loglevel)
+    pool = EXPERIMENTS if args.experiments else args.pool
+    argv = worker_command(pool, args.concurrency, args.name, args.loglevel)
     # SIGTERM (compose stop, the local runner, Kubernetes) starts Celery's soft shutdown:
     # running jobs get JOB_SHUTDOWN_GRACE seconds to finish, then the rest go back to
     # the queue. Celery's plain warm shutdown would wait for them without any limit.

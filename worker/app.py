@@ -1,13 +1,13 @@
 """The Celery app the worker runs: `celery -A worker.app worker …` (see worker/profiles.py)."""
 
-from services.broker import get_celery
-from services.settings import get_settings
+from services.broker.celery_app import get_celery
+from services.core.settings import get_settings
 
 app = get_celery()
 # How long a stopping worker lets running jobs finish (see worker/__main__.py).
 app.conf.worker_soft_shutdown_timeout = get_settings().job_shutdown_grace
 
 # Registers the task on `app`.
-import worker.lab  # noqa: E402
+import worker.experiments  # noqa: E402
 import worker.reconciler  # noqa: E402
 import worker.tasks  # noqa: E402, F401

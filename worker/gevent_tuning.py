@@ -3,9 +3,10 @@
 Before lending out a pooled connection, redis-py checks that it holds no stray data with a
 poll() of timeout 0 (`_socket_can_read` in redis/_parsers/hiredis.py). In a gevent worker
 poll() is gevent's, which starts watchers and switches to the hub even when it cannot
-wait; py-spy put that at 11 % of a gevent worker running sleep jobs, for a check that
-never blocks. A zero-timeout poll() of the kernel cannot stall the hub, so that probe gets
-the original call; a probe that may wait still goes through gevent.
+wait: py-spy found a good share of a gevent worker running sleep jobs there
+(docs/performance.md), for a check that never blocks. A zero-timeout poll() of the kernel
+cannot stall the hub, so that probe gets the original call; a probe that may wait still
+goes through gevent.
 """
 
 from __future__ import annotations

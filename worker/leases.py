@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import redis
 
-from services.jobs import JobStore
+from services.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

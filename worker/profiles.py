@@ -1,6 +1,7 @@
 """How each pool's worker is started: the `celery worker` command line of every profile.
 
-The declarative half (queue, concurrency, capabilities) is `services.pools.PoolProfile`;
+The declarative half (queue, concurrency, capabilities) is `PoolProfile` in
+services/catalog/pools.py;
 this adds what only the worker process needs. One function builds the command, so the
 compose file, the local runner and the tests start workers the same way.
 """
@@ -9,17 +10,20 @@ from __future__ import annotations
 
 import sys
 
-from services.broker import LAB_QUEUE
-from services.pools import POOLS
+from services.broker.celery_app import EXPERIMENT_QUEUE
+from services.catalog.pools import POOLS
+
+# What `python -m worker --experiments` starts instead of a pool's worker.
+EXPERIMENTS = "experiments"
 
 
-def lab_command(node_name: str | None = None, loglevel: str = "INFO") -> list[str]:
-    """The lab worker: one experiment at a time (concurrency 1), so experiments never
-    measure each other. A threads pool, so its executors may start processes."""
+def experiment_worker_command(node_name: str | None = None, loglevel: str = "INFO") -> list[str]:
+    """The experiment worker: one experiment at a time (concurrency 1), so experiments
+    never measure each other. A threads pool, so its executors may start processes."""
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "--pool", "threads", "--concurrency", "1", "--queues", LAB_QUEUE,
-        "--hostname", node_name or "lab@%h", "--loglevel", loglevel,
+        "--pool", "threads", "--concurrency", "1", "--queues", EXPERIMENT_QUEUE,
+        "--hostname", node_name or f"{EXPERIMENTS}@%h", "--loglevel", loglevel,
         "--without-mingle", "--without-gossip",
     ]  # fmt: skip
 
@@ -30,9 +34,10 @@ def worker_command(
     node_name: str | None = None,
     loglevel: str = "INFO",
 ) -> list[str]:
-    """The argv that starts one worker process for `pool` ("lab" for the lab worker)."""
-    if pool == "lab":
-        return lab_command(node_name, loglevel)
+    """The argv that starts one worker process for `pool` (EXPERIMENTS for the experiment
+    worker)."""
+    if pool == EXPERIMENTS:
+        return experiment_worker_command(node_name, loglevel)
     profile = POOLS[pool]
     return [
         sys.executable,

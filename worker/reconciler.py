@@ -1,4 +1,4 @@
-"""Runs services.reconcile in the background of every worker's main process.
+"""Runs services/jobs/reconcile.py in the background of every worker's main process.
 
 A Redis lock lets one worker in the whole cluster sweep per interval, so adding workers
 adds no load. The interval follows the visibility timeout: a lost message is noticed
@@ -14,10 +14,10 @@ from typing import Any
 import redis
 from celery.signals import worker_ready
 
-from services import keys
-from services.broker import get_celery
-from services.reconcile import requeue_lost_jobs
-from services.settings import get_settings
+from services.broker.celery_app import get_celery
+from services.core import redis_keys
+from services.core.settings import get_settings
+from services.jobs.reconcile import requeue_lost_jobs
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def sweep_forever(stop: threading.Event) -> None:
     settings = get_settings()
     older_than = settings.job_visibility_timeout
     interval = max(1.0, older_than / 4)
-    lock_key = f"{keys.PREFIX}:reconcile-lock"
+    lock_key = redis_keys.reconcile_lock()
     while not stop.wait(interval):
         store = job_store()
         try:

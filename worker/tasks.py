@@ -23,10 +23,13 @@ from celery.exceptions import Reject, TimeLimitExceeded
 from celery.signals import task_failure, task_received
 from gevent import monkey as gevent_monkey
 
-from services.broker import RUN_JOB_TASK, get_celery
-from services.jobs import JobError, JobRecord, JobState, JobStore
-from services.settings import get_settings
-from services.workloads import CATALOG
+from services.broker.celery_app import RUN_JOB_TASK, get_celery
+from services.catalog.workloads import CATALOG
+from services.core.redis_clients import redis_client
+from services.core.settings import get_settings
+from services.core.vocabulary import JobState
+from services.jobs.record import JobError, JobRecord
+from services.jobs.store import JobStore
 from worker.leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -64,11 +67,11 @@ def job_store() -> JobStore:
     # pool fails past 100 connections, which a gevent worker's greenlets overran (each
     # then slept out a "Redis unavailable" retry); and a connection is held only for one
     # round trip, so a few dozen serve hundreds of greenlets.
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url, decode_responses=True, max_connections=JOB_STORE_CONNECTIONS,
-        timeout=REDIS_PATIENCE_SECONDS,
+    client = redis_client(
+        settings.redis_url, max_connections=JOB_STORE_CONNECTIONS,
+        wait_for_connection=REDIS_PATIENCE_SECONDS,
     )  # fmt: skip
-    return JobStore(redis.Redis(connection_pool=pool), settings.job_result_ttl)
+    return JobStore(client, settings.job_result_ttl)
 
 
 # A lease as long as the visibility timeout: a redelivery after a lost worker arrives
@@ -78,7 +81,7 @@ leases = LeaseKeeper(job_store, float(get_settings().job_visibility_timeout))
 # A bound on the wait before a retry. The worker holds the retry's message unacknowledged
 # while it counts down, and Redis delivers a message held past the visibility timeout
 # again: the copy would run the job early. The API refuses a backoff that could wait this
-# long (api/jobs.check_backoff); the bound is for records it did not check.
+# long (check_backoff in api/submissions.py); the bound is for records it did not check.
 MAX_RETRY_DELAY = min(get_settings().job_visibility_timeout, get_settings().job_result_ttl)
 
 
@@ -129,7 +132,7 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
                 "worker_node": self.request.hostname or "",
                 "worker_pid": os.getpid(),
                 # The id of the message that runs the job, which a cancel revokes: each
-                # re-dispatch has its own (services.submission.send_job_message).
+                # re-dispatch has its own (send_job_message in services/jobs/submission.py).
                 "task_id": self.request.id,
             },
             count_attempt=True,
@@ -163,9 +166,10 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
 
 # Celery keeps the result backend per thread unless the backend says it is thread-safe,
 # and under gevent every greenlet is a thread: each job built a backend of its own
-# (celery#7960), 8 % of a gevent worker's time under py-spy, although jobrunner stores no
-# Celery results (the job record is the result; task_ignore_result). What the app has is
-# then Celery's DisabledBackend, which holds no state, so one serves every job.
+# (celery#7960), a visible share of a gevent worker's time under py-spy, although
+# jobrunner stores no Celery results (the job record is the result; task_ignore_result).
+# What the app has is then Celery's DisabledBackend, which holds no state, so one serves
+# every job.
 if isinstance(app.backend, DisabledBackend):
     run_job.backend = app.backend
 

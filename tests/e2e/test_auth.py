@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from api.lab import LAB_DELAY_SLOTS_PER_CLIENT
-from services.redis_server import free_port
+from api.routes.delay import LAB_DELAY_SLOTS_PER_CLIENT
+from services.devstack.redis_server import free_port
 from tests.stack import Stack, bearer
 
 PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json", "/lab/delay"}

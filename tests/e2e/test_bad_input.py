@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.pools import POOLS
+from services.catalog.pools import POOLS
 from tests.stack import Stack
 
 

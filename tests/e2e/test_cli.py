@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import parse_param
+from services.cli.app import parse_param
 from tests.stack import TEST_KEYS, Stack
 
 

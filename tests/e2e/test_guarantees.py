@@ -10,13 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from services import keys
-from services.broker import make_celery
-from services.idempotency import fingerprint
-from services.jobs import JobStore
-from services.reconcile import requeue_lost_jobs
-from services.settings import Settings
-from services.submission import JobSpec
+from services.broker.celery_app import make_celery
+from services.core import redis_keys
+from services.core.settings import Settings
+from services.jobs.idempotency import fingerprint
+from services.jobs.reconcile import requeue_lost_jobs
+from services.jobs.store import JobStore
+from services.jobs.submission import JobSpec
 from tests.stack import Stack
 
 REFUSED_URL = "http://127.0.0.1:9/"  # nothing listens on the discard port: connection refused
@@ -57,7 +57,7 @@ def test_a_claim_left_without_its_job_does_not_block_its_key(stack: Stack) -> No
     the claim came first: the key must not answer 503 for as long as the claim lives."""
     body = {"workload": "noop", "params": {"value": "orphaned"}}
     spec = JobSpec(workload="noop", params={"value": "orphaned"})
-    claim_key = keys.idempotency("admin", hashlib.sha256(b"orphaned-1").hexdigest())
+    claim_key = redis_keys.idempotency("admin", hashlib.sha256(b"orphaned-1").hexdigest())
     claim = {"job_id": str(uuid.uuid4()), "request": fingerprint(spec)}
     stack.redis().set(claim_key, json.dumps(claim), ex=86_400)
 

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from services.workloads import HTTP_MAX_BODY_BYTES
+from services.catalog.http_get import HTTP_MAX_BODY_BYTES
 from tests.stack import Stack
 
 DRIP_PAUSE = 0.3  # seconds between two bytes of a dripping answer

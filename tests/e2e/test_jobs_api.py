@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.pools import POOLS
+from services.catalog.pools import POOLS
 from tests.stack import Stack
 
 PARAMS = {

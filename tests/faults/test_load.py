@@ -142,7 +142,7 @@ def test_10k_submissions_while_a_worker_is_killed_and_restarted(load_stack: Stac
         for pid in [victim.pid, *(c.pid for c in psutil.Process(victim.pid).children())]:
             os.kill(pid, signal.SIGKILL)
         victim.process.wait(timeout=10)
-        stack.workers.remove(victim)
+        stack.stop_worker(victim)
         time.sleep(1)
         stack.start_worker("threads", 16)
 
@@ -165,9 +165,9 @@ def test_api_restart_under_load_honours_every_202(load_stack: Stack) -> None:
 
     def restart_api() -> None:
         time.sleep(1.5)
-        assert stack.api is not None
-        stack.api.send_signal(signal.SIGTERM)  # gunicorn finishes in-flight requests
-        stack.api.wait(timeout=30)
+        assert stack.api is not None and stack.api.process is not None
+        stack.api.process.send_signal(signal.SIGTERM)  # gunicorn finishes in-flight requests
+        stack.api.process.wait(timeout=30)
         stack.start_api()
 
     # No http_get here: those call the API, which is down for a moment on purpose.

@@ -57,7 +57,7 @@ def test_job_of_a_killed_worker_finishes_on_another(fault_stack: Stack, pool: st
     for pid in doomed:
         os.kill(pid, signal.SIGKILL)
     victim.process.wait(timeout=10)
-    stack.workers.remove(victim)
+    stack.stop_worker(victim)
 
     killed_at = time.time()
     (done,) = stack.wait_for([record["id"]], timeout=60)
@@ -167,7 +167,7 @@ def test_a_running_job_whose_worker_and_message_vanished_runs_again(fault_stack:
     assert unacked
     client.delete(*unacked)
     victim.process.wait(timeout=10)
-    stack.workers.remove(victim)
+    stack.stop_worker(victim)
 
     (done,) = stack.wait_for([record["id"]], timeout=60)
     assert done["state"] == "succeeded", done
@@ -188,7 +188,7 @@ def test_sigterm_lets_a_short_job_finish_on_its_worker(fault_stack: Stack, pool:
     assert done["state"] == "succeeded"
     assert done["worker_node"] == worker.node and done["attempts"] == 1
     assert worker.process.wait(timeout=30) is not None
-    stack.workers.remove(worker)
+    stack.stop_worker(worker)
     stack.start_worker(pool, concurrency)
     stack.wait_ready()
 
@@ -210,6 +210,6 @@ def test_sigterm_past_the_grace_loses_nothing_and_runs_once(fault_stack: Stack, 
     else:
         assert done["attempts"] == 1 and done["worker_node"] == worker.node
     assert worker.process.wait(timeout=30) is not None
-    stack.workers.remove(worker)
+    stack.stop_worker(worker)
     stack.start_worker(pool, worker.concurrency)
     stack.wait_ready()

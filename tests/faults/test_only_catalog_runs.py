@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from services.broker import RUN_JOB_TASK, make_celery
-from services.settings import Settings
+from services.broker.celery_app import RUN_JOB_TASK, make_celery
+from services.core.settings import Settings
 from tests.stack import Stack
 
 

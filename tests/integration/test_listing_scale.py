@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.jobs import JobRecord, JobState, JobStore
-from services.redis_server import RedisServer
+from services.core.vocabulary import JobState
+from services.devstack.redis_server import RedisServer
+from services.jobs.record import JobRecord
+from services.jobs.store import JobStore
 
 
 @pytest.fixture(scope="module")

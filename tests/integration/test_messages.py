@@ -11,13 +11,14 @@ import pytest
 import redis
 from celery import Celery
 
-from services.broker import RUN_JOB_TASK, make_celery
-from services.jobs import JobState, JobStore
-from services.messages import MessageFactory
-from services.pools import POOLS
-from services.redis_server import RedisServer
-from services.settings import Settings
-from services.submission import JobSpec, submit_jobs
+from services.broker.celery_app import RUN_JOB_TASK, make_celery
+from services.broker.messages import MessageFactory
+from services.catalog.pools import POOLS
+from services.core.settings import Settings
+from services.core.vocabulary import JobState
+from services.devstack.redis_server import RedisServer
+from services.jobs.store import JobStore
+from services.jobs.submission import JobSpec, submit_jobs
 from tests.stack import Stack
 
 

@@ -6,11 +6,13 @@ import time
 
 import redis
 
-from services.broker import make_celery
-from services.ids import new_uuid4
-from services.jobs import JobRecord, JobState, JobStore
-from services.reconcile import requeue_lost_jobs
-from services.settings import Settings
+from services.broker.celery_app import make_celery
+from services.core.ids import new_uuid4
+from services.core.settings import Settings
+from services.core.vocabulary import JobState
+from services.jobs.reconcile import requeue_lost_jobs
+from services.jobs.record import JobRecord
+from services.jobs.store import JobStore
 from tests.stack import Stack
 
 

@@ -1,7 +1,7 @@
 """A gevent worker whose every slot is taken asks for more as soon as one frees.
 
 Nothing wakes the loop of a gevent worker when a job ends; it used to sleep out its 2 s
-poll, so each refill of a full worker waited up to 2 s (services/redis_transport.py).
+poll, so each refill of a full worker waited up to 2 s (services/broker/transport.py).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import math
 
 import redis
 
-from services.broker import make_celery
-from services.jobs import JobStore
-from services.settings import Settings
-from services.submission import JobSpec, submit_jobs
+from services.broker.celery_app import make_celery
+from services.core.settings import Settings
+from services.jobs.store import JobStore
+from services.jobs.submission import JobSpec, submit_jobs
 from tests.stack import Stack
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import redis
 
-from services.broker import make_celery
-from services.jobs import JobStore
-from services.settings import Settings
-from services.submission import JobSpec, submit_job
+from services.broker.celery_app import make_celery
+from services.core.settings import Settings
+from services.jobs.store import JobStore
+from services.jobs.submission import JobSpec, submit_job
 from tests.stack import Stack, makespan
 
 
@@ -29,7 +29,8 @@ def test_sleep_jobs_overlap_on_threads_and_gevent(stack: Stack, pool: str) -> No
 
 
 def test_cpu_bound_jobs_scale_on_prefork_not_on_threads(stack: Stack) -> None:
-    # Each job holds the GIL for ~0.2 s; threads run them one at a time, prefork two.
+    # Each job holds the GIL long enough that dispatch is negligible beside it; threads
+    # run them one at a time, prefork two.
     count, params = 8, {"rounds": 700_000}
     ratios = []
     for _ in range(2):  # the better of two: a noisy neighbour can take the second core

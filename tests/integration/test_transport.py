@@ -1,4 +1,4 @@
-"""services/redis_transport.py and redis_qos.py against a real Redis, at the edges:
+"""services/broker/transport.py and qos.py against a real Redis, at the edges:
 Redis away during an acknowledgement, a channel closing, a message the take cannot read.
 
 Each test has a redis-server of its own, so it can stop and start it.
@@ -15,8 +15,8 @@ import pytest
 import redis
 from kombu import Connection
 
-from services.redis_server import RedisServer
-from services.redis_transport import _TAKE, Transport
+from services.broker.transport import TAKE_SCRIPT, Transport
+from services.devstack.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -106,7 +106,9 @@ def test_a_take_leaves_a_message_it_cannot_read_in_place(server: RedisServer) ->
         return json.dumps({"body": "e30=", "headers": {}, "properties": properties})
 
     client.lpush("q", message("tag-1"), message(None), message("tag-2"))  # taken in this order
-    taken = client.register_script(_TAKE)(keys=["unacked_index", "unacked", "q"], args=[10, 1, 0])
+    taken = client.register_script(TAKE_SCRIPT)(
+        keys=["unacked_index", "unacked", "q"], args=[10, 1, 0]
+    )
     assert [json.loads(item)["properties"]["delivery_tag"] for item in taken[1::2]] == ["tag-1"]
     # Nothing recorded halfway: the unreadable message and the one behind it wait, in order.
     assert client.hkeys("unacked") == [b"tag-1"]

@@ -1,5 +1,5 @@
 """Acknowledged messages leave kombu's unacked set, though their deletion is deferred
-(services/redis_qos.py): nothing a finished job held comes back after the timeout."""
+(services/broker/qos.py): nothing a finished job held comes back after the timeout."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API keys: `python -m services.auth_keys` prints what the README tells a compose user to
+"""API keys: `python -m services.core.api_keys` prints what the README tells a compose user to
 paste, and the API accepts it; a presented key is compared with every configured hash."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import pytest
 
 from api import auth
 from api.auth import parse_keys
-from services.auth_keys import hash_key
-from services.settings import Settings
+from services.core.api_keys import hash_key
+from services.core.settings import Settings
 
 
 def test_prints_a_key_and_an_env_line_the_api_accepts() -> None:
     printed = subprocess.run(
-        [sys.executable, "-m", "services.auth_keys", "me", "read+submit+admin"],
+        [sys.executable, "-m", "services.core.api_keys", "me", "read+submit+admin"],
         capture_output=True, text=True, check=True,
     ).stdout.splitlines()  # fmt: skip
     key = printed[0].rsplit(" ", 1)[1]

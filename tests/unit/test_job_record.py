@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.jobs import JobError, JobRecord, JobState, _decode, _encode
+from services.core.vocabulary import JobState
+from services.jobs.record import JobError, JobRecord, decode_record, encode_record
 
 
 def full_record() -> JobRecord:
@@ -21,7 +22,7 @@ def full_record() -> JobRecord:
 
 def test_every_field_survives_the_hash() -> None:
     record = full_record()
-    assert _decode(_encode(record)) == record
+    assert decode_record(encode_record(record)) == record
 
 
 def test_a_new_record_is_its_spec_and_its_state() -> None:
@@ -30,13 +31,13 @@ def test_a_new_record_is_its_spec_and_its_state() -> None:
         pool="gevent", pool_chosen_by="default", state=JobState.queued,
         submitted_at=1795609929.476911,
     )  # fmt: skip
-    assert set(_encode(record)) == {"spec", "state"}
-    assert _decode(_encode(record)) == record
+    assert set(encode_record(record)) == {"spec", "state"}
+    assert decode_record(encode_record(record)) == record
 
 
 def test_integers_past_64_bits_are_kept() -> None:
     record = full_record().model_copy(update={"params": {"value": 10**30}, "result": -(10**40)})
-    decoded = _decode(_encode(record))
+    decoded = decode_record(encode_record(record))
     assert decoded.params == {"value": 10**30} and decoded.result == -(10**40)
 
 
@@ -47,6 +48,6 @@ def test_records_written_with_a_field_each_still_read() -> None:
         "pool_chosen_by": "client", "state": "succeeded", "submitted_at": "1795609929.5",
         "result": "0.1", "score": "1795609929500000",
     }  # fmt: skip
-    record = _decode(raw)
+    record = decode_record(raw)
     assert record.params == {"seconds": 0.1} and record.result == 0.1
     assert record.state == JobState.succeeded

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from services.inspection import local_pid, node_names
-from services.peak_rss import PeakRss
+from services.broker.inspection import local_pid, node_names
+from services.lab.peak_rss import PeakRss
 
 MIB = 2**20
 HOLD = "import time; block = b'x' * (64 * 2**20); time.sleep(60)"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.report import JobTiming, ideal_makespan, measure, percentile
-from services.verdict import verdict
+from services.lab.metrics import JobTiming, ideal_makespan, measure, percentile
+from services.lab.verdict import verdict
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -7,7 +7,9 @@ import hashlib
 import pytest
 from pydantic import ValidationError
 
-from services.workloads import CATALOG, WorkloadError, cpu_hash, cpu_primes, get_workload
+from services.catalog.pools import POOLS
+from services.catalog.workloads import CATALOG, WorkloadError, cpu_hash, cpu_primes, get_workload
+from services.core.vocabulary import POOL_NAMES
 
 
 def test_cpu_primes_counts_primes() -> None:
@@ -59,3 +61,9 @@ def test_catalog_kinds() -> None:
         "cpu_hash": "cpu",
         "cpu_primes": "cpu",
     }
+
+
+def test_every_pool_name_has_a_profile() -> None:
+    """The vocabulary names the pools (for the CLI and the launcher); the catalog profiles
+    them: the two lists are one."""
+    assert tuple(POOLS) == POOL_NAMES

@@ -1,0 +1,161 @@
+"""kombu's bookkeeping of unacknowledged messages, in fewer Redis round trips.
+
+kombu's Redis transport emulates acknowledgement with two keys: a hash of the messages a
+worker holds and a sorted set of when it took them, from which `restore_visible` puts a
+message back after the visibility timeout. Stock kombu writes both in a MULTI/EXEC when
+a message arrives and again when it is acknowledged: two round trips and eight commands
+per message, all on the consumer's own thread (the event loop of a threads or prefork
+worker). Profiled on a threads worker running no-op jobs, those two calls were a fifth of
+the time the worker held the GIL (docs/performance.md).
+
+Here an acknowledgement only frees the prefetch slot at once; the two deletions wait and
+ride along with the next message's two writes, in one pipeline and one round trip. A
+background flusher sends them after `ACK_FLUSH_DELAY` when no message comes along.
+
+Why a late deletion is safe for jobrunner: a job's outcome is already in its record when
+its message is acknowledged. Should the worker die before the deletion reaches Redis, the
+message is delivered again after the visibility timeout, and the worker's claim finds the
+job final and skips it (worker/tasks.py). The pipelines are not transactions: the order of
+the commands is kept, and a message that would be lost between them is the same message
+that BRPOP-then-record could already lose, which services/jobs/reconcile.py re-sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
+
+log = logging.getLogger(__name__)
+
+# How long acknowledgements wait for a message to share a round trip with. Short enough
+# that an idle worker's unacked set is clean a moment after its last job.
+ACK_FLUSH_DELAY = 0.02
+
+
+class QoS(kombu_redis.QoS):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks: list[str] = []
+        # Tags services/broker/transport.py took and recorded as unacked in one script.
+        self._recorded: set[str] = set()
+        self._acks_lock = threading.Lock()
+        self._acks_waiting = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def recorded(self, delivery_tag: str, recorded: bool = True) -> None:
+        """The next append of this tag needs no Redis: the channel recorded it already
+        (or, with `recorded=False`, no longer: the message went back to its queue)."""
+        if recorded:
+            self._recorded.add(delivery_tag)
+        else:
+            self._recorded.discard(delivery_tag)
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self._recorded:
+            self._recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+            return
+        delivery = message.delivery_info
+        entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        acked = self.take_acks()
+        try:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                # Deletions first: a message restored and delivered again keeps its tag,
+                # and its new entry must outlive the acknowledgement of its old one.
+                if acked:
+                    pipe.zrem(self.unacked_index_key, *acked)
+                    pipe.hdel(self.unacked_key, *acked)
+                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+                pipe.hset(self.unacked_key, delivery_tag, entry)
+                pipe.execute()
+        except BaseException:
+            self.give_back_acks(acked)
+            raise
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        with self._acks_lock:
+            self._acks.append(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)  # frees the prefetch slot now
+        if self.channel.closed:
+            # Jobs still running when the connection was lost acknowledge on the old
+            # channel, whose flusher has stopped: delete now, as stock kombu would.
+            self.flush_acks()
+            return
+        self._acks_waiting.set()
+        self._ensure_flusher()
+
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        # At shutdown: what was acknowledged must not come back after the timeout.
+        self.flush_acks()
+        return super().restore_unacked_once(stderr)
+
+    def flush_acks(self) -> bool:
+        """Send the waiting deletions now (one round trip), if there are any. False if
+        Redis could not take them: they wait for the next try."""
+        acked = self.take_acks()
+        if not acked:
+            return True
+        try:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.zrem(self.unacked_index_key, *acked)
+                pipe.hdel(self.unacked_key, *acked)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self.give_back_acks(acked)
+            log.warning("could not acknowledge %d message(s) yet: %s", len(acked), exc)
+            return False
+        except BaseException:
+            self.give_back_acks(acked)
+            raise
+        return True
+
+    def take_acks(self) -> list[str]:
+        """The acknowledged tags not yet deleted in Redis; the caller deletes them (or
+        gives them back)."""
+        with self._acks_lock:
+            acked, self._acks = self._acks, []
+        return acked
+
+    def give_back_acks(self, acked: list[str]) -> None:
+        if acked:
+            with self._acks_lock:
+                self._acks[:0] = acked
+
+    def _ensure_flusher(self) -> None:
+        # Started on the first acknowledgement, in the process that acknowledges (the
+        # main process of a prefork worker; under gevent, a greenlet). It runs until its
+        # channel closes, so a check of None suffices on this per-job path.
+        if self._flusher is not None:
+            return
+        with self._acks_lock:
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_forever, name="ack-flusher", daemon=True
+                )
+                self._flusher.start()
+
+    def _flush_forever(self) -> None:
+        delay = ACK_FLUSH_DELAY
+        while not self.channel.closed or self._acks:
+            woken = self._acks_waiting.wait(timeout=1.0)
+            if not woken and not self._acks:
+                continue  # idle; or deletions given back after a failure: try those
+            time.sleep(delay)
+            self._acks_waiting.clear()
+            try:
+                flushed = self.flush_acks()
+            except Exception:  # never let the flusher die; the next round tries again
+                log.exception("acknowledgement flush failed")
+                flushed = False
+            # While Redis is away, try again less and less often (up to every 2 s).
+            delay = ACK_FLUSH_DELAY if flushed else min(delay * 2, 2.0)

@@ -1,0 +1,209 @@
+"""kombu's Redis transport, with three changes that cut a worker's round trips per message.
+
+Same keys, same messages, same guarantees; the API (sending) and the workers (consuming)
+both use it through `broker_transport`.
+
+1. One Redis client per channel instead of one per command. kombu's
+   `Channel.conn_or_acquire` builds a new `redis.Redis` for every publish, acknowledgement
+   and unacked-bookkeeping call, and redis-py builds its large, case-insensitive
+   response-callback table in every constructor (redis/redis-py#3624, fix proposed in
+   redis/redis-py#4124): a large share of a worker's GIL time under py-spy. A
+   `redis.Redis` over a connection pool is safe to share between threads and greenlets,
+   so a channel keeps one, made again whenever kombu replaces the pool (after a lost
+   connection).
+2. As many messages per round trip as the worker has room for. A BRPOP brings one
+   message, yet a busy worker has several slots free when it sends one (hundreds, for a
+   gevent worker). After such a BRPOP the channel takes up to its free room in one script
+   (`take.lua`) that also records the messages as unacked, as kombu would, but atomically
+   (kombu pops, then records). The unacked bookkeeping itself is services/broker/qos.py.
+3. A full gevent worker asks again within FULL_POLL_SECONDS of a job ending, not after
+   Celery's 2 s poll (`drain_events`).
+
+What each change measured is in docs/performance.md. A channel can also hand back what it
+would have pushed (`collecting`), so that services/broker/messages.py can let Celery and
+kombu build a message once and then write it into the same Redis transaction as the
+job's record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+from services.broker.qos import QoS
+
+# What `broker_transport` names; kombu resolves "module:Class" paths itself.
+TRANSPORT_PATH = "services.broker.transport:Transport"
+
+# A BRPOP answered sooner than this found messages waiting: more may be behind them.
+TAKE_AFTER_WAITING_UNDER = 0.002
+
+# At most this many messages per extra take: a gevent worker with 500 free slots fills
+# them over a few round trips rather than in one long script.
+TAKE_AT_MOST = 100
+
+# Takes what the worker has room for and records it as unacked, in one script.
+TAKE_SCRIPT = resources.files(__package__).joinpath("take.lua").read_text()
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+    _shared_client: redis.Redis | None = None
+    _collected: list[tuple[str, str]] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._take: Any = None  # take.lua, registered on first use
+        # Queues whose consumer acknowledges: only their messages are recorded as unacked
+        # (a control client's replies are consumed without acknowledgement).
+        self._acked_queues: set[str] = set()
+
+    def basic_consume(self, queue: str, no_ack: bool = False, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._acked_queues.discard(queue)
+        else:
+            self._acked_queues.add(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    @contextmanager
+    def collecting(self) -> Iterator[list[tuple[str, str]]]:
+        """Messages published meanwhile are not pushed but listed, as (Redis list key,
+        payload): exactly what kombu would have LPUSHed."""
+        self._collected = collected = []
+        try:
+            yield collected
+        finally:
+            self._collected = None
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if self._collected is None:
+            return super()._put(queue, message, **kwargs)
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        self._collected.append((key, dumps(message)))
+        return None
+
+    def _brpop_read(self, **options: Any) -> Any:
+        waited = time.monotonic() - (getattr(self, "_brpop_sent_at", None) or 0.0)
+        delivered = super()._brpop_read(**options)  # raises Empty when nothing came
+        # A BRPOP that waited found the queue empty: its message came alone, and a take
+        # would cost a round trip (and a single job's latency) to find nothing. A
+        # closing channel reads its last BRPOP here too, and must take no more.
+        if waited < TAKE_AFTER_WAITING_UNDER and not (self._closing or self.closed):
+            self._take_more()
+        return delivered
+
+    def _take_more(self) -> None:
+        """After a BRPOP found the queue non-empty: as many more messages as the prefetch
+        leaves room for, in one round trip."""
+        room = self.qos.can_consume_max_estimate()
+        room = TAKE_AT_MOST if room is None else min(room, TAKE_AT_MOST)
+        if room <= 0 or self.global_keyprefix:
+            return
+        queues = [queue for queue in self.active_queues if queue in self._acked_queues]
+        if not queues:
+            return
+        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        acked = self.qos.take_acks()
+        try:
+            with self.conn_or_acquire() as client:
+                if self._take is None:
+                    self._take = client.register_script(TAKE_SCRIPT)
+                reply = self._take(
+                    keys=[self.unacked_index_key, self.unacked_key, *lists],
+                    args=[room, time.time(), len(acked), *acked],
+                    client=client,
+                )
+        except redis.RedisError:
+            # Whatever the script did stays consistent in Redis: taken messages are
+            # recorded as unacked (and come back after the visibility timeout).
+            self.qos.give_back_acks(acked)
+            return
+        except BaseException:
+            self.qos.give_back_acks(acked)
+            raise
+        pairs = [(bytes_to_str(reply[i]), reply[i + 1]) for i in range(0, len(reply), 2)]
+        for index, (key, item) in enumerate(pairs):
+            payload = loads(bytes_to_str(item))
+            self.qos.recorded(payload["properties"]["delivery_tag"])
+            try:
+                self.connection._deliver(payload, key.rsplit(self.sep, 1)[0])
+            except BaseException:
+                self._restore_taken(pairs[index + 1 :])
+                raise
+
+    def _restore_taken(self, pairs: list[tuple[str, bytes]]) -> None:
+        """Messages taken but not delivered go back to the head of their queue at once,
+        in their order (BRPOP takes from the right: the last pushed right is next)."""
+        for _key, item in reversed(pairs):
+            tag = loads(bytes_to_str(item))["properties"]["delivery_tag"]
+            self.qos.recorded(tag, recorded=False)
+            self.qos.restore_by_tag(tag, leftmost=False)
+
+    @contextmanager
+    def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
+        if client:
+            yield client
+            return
+        shared = self._shared_client
+        if shared is None or shared.connection_pool is not self.pool:
+            shared = self._shared_client = self._create_client()
+        yield shared
+
+
+def _at_most_every(call: Any, seconds: Any) -> Any:
+    """`call`, skipped when it last ran less than `seconds()` ago."""
+    last = [0.0]
+
+    def limited() -> Any:
+        now = time.monotonic()
+        if now - last[0] < seconds():
+            return None
+        last[0] = now
+        return call()
+
+    return limited
+
+
+# How long a gevent worker's loop waits between looks while every prefetch slot is taken.
+FULL_POLL_SECONDS = 0.02
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # kombu scans for timed-out unacked messages on every empty poll of a loop
+        # without a timer (gevent's); with the short polls below that was dozens of scans
+        # a second. Once per restore interval is what kombu's timer gives the others.
+        self.cycle.maybe_restore_messages = _at_most_every(
+            self.cycle.maybe_restore_messages, self._restore_interval
+        )
+
+    def _restore_interval(self) -> float:
+        intervals = [c.unacked_restore_interval for c in self.channels if c.active_queues]
+        return float(min(intervals, default=1))
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> Any:
+        # With every prefetch slot taken no BRPOP is outstanding, and nothing wakes the
+        # loop of a gevent worker (Celery's synloop) when a job ends: it slept out its
+        # 2 s poll before asking for more, so a full worker refilled every 2 s (seen
+        # once the takes above filled 500 slots). While full, it looks again sooner.
+        # Workers with an event loop (threads, prefork) acknowledge on that loop, which
+        # asks for more right away; they never come here.
+        if timeout is not None and self._a_channel_is_full():
+            timeout = min(timeout, FULL_POLL_SECONDS)
+        return super().drain_events(connection, timeout=timeout)
+
+    def _a_channel_is_full(self) -> bool:
+        return any(
+            channel.active_queues and not channel.qos.can_consume() for channel in self.channels
+        )

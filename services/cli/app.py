@@ -1,0 +1,199 @@
+"""`jobrunner`: the command-line client of the HTTP API (the app and its small commands;
+`compare` is in services/cli/compare.py).
+
+It finds the API at --api, else JOBRUNNER_URL, else http://127.0.0.1:8000, and its key in
+JOBRUNNER_API_KEY, else in the key file `make run` writes (.run/api-key).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.cli.client import ApiError, Client
+from services.core.vocabulary import FINAL_JOB_STATES
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+ApiOption = Annotated[str | None, typer.Option("--api", help="API URL; else $JOBRUNNER_URL.")]
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value`; the value is JSON when it parses (3, 0.5, true, [1]), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"{text!r}: want key=value")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def params_of(items: list[str]) -> dict[str, Any]:
+    return dict(parse_param(item) for item in items)
+
+
+def show_record(record: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None)
+    for name in ("id", "workload", "pool", "state", "attempts", "worker_node", "result", "error"):
+        value = record.get(name)
+        if value is not None:
+            table.add_row(
+                f"[bold]{name}[/]", json.dumps(value) if not isinstance(value, str) else value
+            )
+    if record.get("finished_at") and record.get("submitted_at"):
+        table.add_row("[bold]took[/]", f"{record['finished_at'] - record['submitted_at']:.3f} s")
+    console.print(table)
+
+
+def run(command: Any) -> None:
+    try:
+        command()
+    except ApiError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def submit(
+    workload: Annotated[
+        str | None, typer.Argument(help="A workload from `jobrunner workloads`.")
+    ] = None,
+    param: Annotated[list[str], typer.Option("-p", "--param", help="key=value, repeatable.")] = [],  # noqa: B006
+    pool: Annotated[str | None, typer.Option(help="threads, prefork or gevent.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job is final.")] = False,
+    batch: Annotated[
+        Path | None, typer.Option(help="A file of jobs: JSON lines, or a JSON array.")
+    ] = None,
+    api: ApiOption = None,
+) -> None:
+    """Submit a job (with --wait, a spinner until it is final), or a file with --batch."""
+    client = Client(api)
+
+    def go() -> None:
+        if batch is not None:
+            submit_batch(client, batch)
+            return
+        if not workload:
+            raise ApiError("name a WORKLOAD (see `jobrunner workloads`), or give --batch FILE")
+        body: dict[str, Any] = {"workload": workload, "params": params_of(param)}
+        if pool:
+            body["pool"] = pool
+        record = client.json("POST", "/jobs", json=body)
+        if not wait:
+            show_record(record)
+            return
+        with console.status(f"{workload} on {record['pool']}: {record['state']}") as status:
+            while record["state"] not in FINAL_JOB_STATES:
+                time.sleep(0.1)
+                record = client.json("GET", f"/jobs/{record['id']}")
+                status.update(f"{workload} on {record['pool']}: {record['state']}")
+        show_record(record)
+        if record["state"] != "succeeded":
+            raise typer.Exit(2)
+
+    run(go)
+
+
+def submit_batch(client: Client, path: Path) -> None:
+    """POST /jobs/batch, 1,000 jobs a request; each request is all or nothing."""
+    text = path.read_text()
+    try:
+        if text.lstrip().startswith("["):
+            jobs = json.loads(text)
+        else:
+            jobs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as exc:
+        raise ApiError(f"{path}: neither JSON lines nor a JSON array ({exc})") from None
+    accepted = 0
+    for start in range(0, len(jobs), 1_000):
+        chunk = jobs[start : start + 1_000]
+        try:
+            answer = client.json("POST", "/jobs/batch", json={"jobs": chunk})
+        except ApiError as exc:
+            raise ApiError(
+                f"jobs {start}..{start + len(chunk) - 1}: {exc} ({accepted} accepted before)"
+            ) from None
+        accepted += len(answer["jobs"])
+    console.print(f"accepted {accepted} jobs")
+
+
+@app.command()
+def status(job_id: str, api: ApiOption = None) -> None:
+    """A job's state, where it ran, its result or error."""
+    run(lambda: show_record(Client(api).json("GET", f"/jobs/{job_id}")))
+
+
+@app.command()
+def cancel(job_id: str, api: ApiOption = None) -> None:
+    """Cancel a job (queued: never runs; running on prefork: stopped)."""
+    run(lambda: show_record(Client(api).json("DELETE", f"/jobs/{job_id}")))
+
+
+@app.command()
+def jobs(
+    state: Annotated[str | None, typer.Option()] = None,
+    pool: Annotated[str | None, typer.Option()] = None,
+    workload: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+    api: ApiOption = None,
+) -> None:
+    """Recent jobs, newest first."""
+
+    def go() -> None:
+        query = {k: v for k, v in dict(state=state, pool=pool, workload=workload).items() if v}
+        page = Client(api).json("GET", "/jobs", params={**query, "limit": limit})
+        table = Table("id", "workload", "pool", "state", "attempts", "took (s)")
+        for job in page["jobs"]:
+            took = (
+                f"{job['finished_at'] - job['submitted_at']:.3f}" if job.get("finished_at") else ""
+            )
+            table.add_row(
+                job["id"], job["workload"], job["pool"], job["state"], str(job["attempts"]), took
+            )
+        console.print(table)
+
+    run(go)
+
+
+@app.command()
+def pools(api: ApiOption = None) -> None:
+    """The pools, what they can enforce, and their live workers."""
+
+    def go() -> None:
+        table = Table(
+            "pool", "suited to", "queued", "workers", "time limit", "terminate", "memory isolation"
+        )
+        for pool in Client(api).json("GET", "/pools")["pools"]:
+            caps = pool["capabilities"]
+            workers = ", ".join(f"{w['node']} (x{w['concurrency']})" for w in pool["workers"])
+            flags = ("hard_time_limit", "terminate_running", "memory_isolation")
+            table.add_row(
+                pool["name"], pool["suited_to"], str(pool["queued"]), workers or "[red]none[/]",
+                *("yes" if caps[flag] else "no" for flag in flags),
+            )  # fmt: skip
+        console.print(table)
+
+    run(go)
+
+
+@app.command()
+def workloads(api: ApiOption = None) -> None:
+    """The workload catalog."""
+
+    def go() -> None:
+        table = Table("workload", "kind", "default pool", "params")
+        for w in Client(api).json("GET", "/workloads")["workloads"]:
+            params = ", ".join(w["params_schema"].get("properties", {}))
+            table.add_row(w["name"], w["kind"], w["default_pool"], params)
+        console.print(table)
+
+    run(go)

@@ -1,0 +1,121 @@
+"""Every setting jobrunner reads, in one typed object, read once from the environment.
+
+Each variable has a default that works on a laptop, so `make run` needs no configuration.
+docs/configuration.md is generated from this class (services/core/config_page.py): a
+field's description is its documentation.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Broker and job store. Unset, `make run` starts a Redis of its own.",
+    )
+    job_result_ttl: int = Field(
+        86_400, ge=60, description="Seconds a job record (and its result) is kept."
+    )
+    job_max_body_bytes: int = Field(
+        65_536, ge=1_024, description="Largest accepted request body; a larger one gets a 413."
+    )
+    job_max_batch_body_bytes: int = Field(
+        1_048_576, ge=1_024, description="Largest body of POST /jobs/batch."
+    )
+    job_http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost"],
+        description="Hosts the http_get workload may reach, comma separated.",
+    )
+    job_visibility_timeout: int = Field(
+        3_600,
+        ge=2,
+        description="Seconds before a job taken by a worker that vanished is delivered again.",
+    )
+    jobrunner_auth: Literal["on", "off"] = Field(
+        "on", description="'off' lets anyone call every endpoint (logged as a warning)."
+    )
+    jobrunner_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys as NAME:SCOPES:SHA256HEX, comma separated; SCOPES joined by "
+        "'+'. Empty: `make run` makes one and keeps it in .run/api-key; elsewhere every "
+        "protected call is a 401.",
+    )
+    api_rate_limit: int = Field(
+        1_000, ge=0, description="Requests per second per API key; 0 turns the limit off."
+    )
+    job_max_time_limit: int = Field(
+        300,
+        ge=1,
+        description="Largest time_limit a job may ask for, in seconds; must stay below "
+        "JOB_VISIBILITY_TIMEOUT, or a job still running would be delivered twice.",
+    )
+    job_shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds a stopping worker lets running jobs finish."
+    )
+    api_host: str = Field(
+        "127.0.0.1", description="Address the API binds to (compose sets 0.0.0.0)."
+    )
+    api_port: int = Field(8000, ge=1, le=65_535, description="Port the API binds to.")
+    api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
+    worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"] = Field(
+        "INFO", description="Celery log level of `python -m worker`."
+    )
+    jobrunner_run_dir: Path | None = Field(
+        None,
+        description="Where `make run` keeps logs, Redis's data and the local API key "
+        "(unset: .run in the project folder; the CLI looks in ./.run).",
+    )
+    # The CLI's own two: where the API is and the key it sends. A client setting, but read
+    # here like every other variable.
+    jobrunner_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="CLI only: the API the `jobrunner` CLI talks to (--api overrides it).",
+    )
+    jobrunner_api_key: SecretStr | None = Field(
+        None, description="CLI only: the key the `jobrunner` CLI sends (else .run/api-key)."
+    )
+
+    @field_validator("job_http_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
+
+    @field_validator("jobrunner_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("worker_loglevel", mode="before")
+    @classmethod
+    def _upper_loglevel(cls, value: object) -> object:
+        # Celery takes `info` as well as `INFO`.
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _time_limits_fit_visibility(self) -> Settings:
+        # A job still running when its message becomes visible again would run twice.
+        if self.job_max_time_limit >= self.job_visibility_timeout:
+            raise ValueError(
+                f"JOB_MAX_TIME_LIMIT ({self.job_max_time_limit}) must be below "
+                f"JOB_VISIBILITY_TIMEOUT ({self.job_visibility_timeout})"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

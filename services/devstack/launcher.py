@@ -1,0 +1,277 @@
+"""The one launcher: Redis, the API and workers as processes of this machine.
+
+`make run`, the tests, the benchmarks and `jobrunner compare --scale` all start their
+processes here, and every jobrunner process from the very command written for it in
+docker-compose.yml (services/devstack/compose.py), so each way of running jobrunner
+starts the same programs the same way.
+
+It imports nothing of the server: it starts programs and talks to them over sockets, so
+a client (the CLI) may use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from services.core.settings import Settings
+from services.devstack.compose import PROJECT_ROOT, compose_commands
+from services.devstack.redis_server import RedisServer
+
+# How long a process has to stop after SIGTERM before it is killed, unless told otherwise.
+STOP_GRACE_SECONDS = 20.0
+
+
+class LaunchError(RuntimeError):
+    """A process did not start, or did not become ready; the message says where to look."""
+
+
+@dataclass
+class ManagedProcess:
+    """One child process: how to start it, where it logs, and what it is."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    pool: str | None = None  # the pool a worker serves; "experiments" for that worker
+    node: str | None = None  # a worker's Celery node name
+    concurrency: int | None = None
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = field(default=0)
+    last_exit: int | None = None  # the exit status of its previous run, once restarted
+
+    def start(self) -> ManagedProcess:
+        with self.log_path.open("ab") as log:
+            # A session of its own, so a terminal's Ctrl-C reaches the children only
+            # through their launcher, in order: workers first, Redis last.
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, cwd=PROJECT_ROOT, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} was never started"
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS) -> None:
+        """`sig`, then SIGKILL if it is still there after `grace` seconds."""
+        if not self.alive():
+            return
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Launcher:
+    """The processes of one jobrunner stack on this machine, with their logs in `folder`.
+
+    `overrides` are added to the environment every process gets (else this process's).
+    """
+
+    folder: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    redis_server: RedisServer | None = None
+    redis_url: str | None = None
+    api: ManagedProcess | None = None
+    processes: list[ManagedProcess] = field(default_factory=list)
+    _started_per_pool: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.commands = compose_commands()
+
+    # -- what every process gets ---------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {**self.base_env, **self.overrides}
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        return env
+
+    @property
+    def workers(self) -> list[ManagedProcess]:
+        return [p for p in self.processes if p.node is not None]
+
+    # -- Redis ---------------------------------------------------------------------------
+
+    def start_redis(self, fsync: str = "always") -> RedisServer:
+        """A private redis-server with its data in folder/redis."""
+        self.redis_server = RedisServer(self.folder / "redis", fsync=fsync).start()
+        self.redis_url = self.redis_server.url
+        return self.redis_server
+
+    def use_redis(self, url: str) -> None:
+        """A Redis someone else runs."""
+        self.redis_url = url
+
+    # -- planning processes, then starting them ------------------------------------------
+
+    def api_process(self, host: str | None = None, port: int | None = None) -> ManagedProcess:
+        env = self.env
+        if host is not None:
+            env["API_HOST"] = host
+        if port is not None:
+            env["API_PORT"] = str(port)
+        return ManagedProcess("api", self.commands["api"], env, self.folder / "api.log")
+
+    def worker_process(
+        self, pool: str, concurrency: int | None = None, host: str | None = None
+    ) -> ManagedProcess:
+        """A worker of `pool` ("experiments" for the experiment worker), named as a
+        container of it would be: `gevent-2@host`, numbered per pool from 1."""
+        self._started_per_pool[pool] += 1
+        name = f"{pool}-{self._started_per_pool[pool]}"
+        node = f"{name}@{host or socket.gethostname()}"
+        argv = [*self.commands[f"worker-{pool}"], "--name", node]
+        if concurrency:
+            argv += ["--concurrency", str(concurrency)]
+        log_path = self.folder / f"{name}.log"
+        return ManagedProcess(name, argv, self.env, log_path, pool, node, concurrency)
+
+    def start(self, managed: ManagedProcess) -> ManagedProcess:
+        """Start a planned process and keep it among this stack's, in place of a stopped
+        one of the same name (an API started again)."""
+        self.processes = [p for p in self.processes if p.name != managed.name or p.alive()]
+        managed.start()
+        if managed.name == "api":
+            self.api = managed
+        self.processes.append(managed)
+        return managed
+
+    def start_api(self, host: str | None = None, port: int | None = None) -> ManagedProcess:
+        return self.start(self.api_process(host, port))
+
+    def start_worker(self, pool: str, concurrency: int | None = None) -> ManagedProcess:
+        return self.start(self.worker_process(pool, concurrency))
+
+    def start_program(self, name: str, argv: list[str]) -> ManagedProcess:
+        """Any other program beside the stack, with its environment (a stock Celery worker,
+        Flower): stopped with the rest."""
+        return self.start(ManagedProcess(name, argv, self.env, self.folder / f"{name}.log"))
+
+    # -- readiness -----------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        """Where the API answers, from the address it was told to bind."""
+        assert self.api is not None, "no API started"
+        defaults = Settings.model_fields
+        host = self.api.env.get("API_HOST", defaults["api_host"].default)
+        port = self.api.env.get("API_PORT", defaults["api_port"].default)
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"  # bound to every address: loopback is one of them
+        return f"http://{host}:{port}"
+
+    def wait_api_ready(self, timeout: float = 60.0) -> None:
+        """Until GET /readyz answers 200 (the API is up and reaches Redis)."""
+        assert self.api is not None, "no API started"
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive([self.api])
+            try:
+                if requests.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise LaunchError(f"the API was not ready at {self.api_url} within {timeout:.0f}s")
+            time.sleep(0.2)
+
+    def wait_workers_ready(
+        self,
+        live_nodes: Callable[[], set[str]],
+        timeout: float = 60.0,
+        pools: set[str] | None = None,
+    ) -> None:
+        """Until `live_nodes()` names every worker this stack started and still runs (of
+        `pools` only, if given).
+
+        How to ask is the caller's: over HTTP (services/devstack/probes.py) for a client,
+        through Celery for the tests.
+        """
+        deadline = time.monotonic() + timeout
+        waited_for = [w for w in self.workers if w.alive() and (pools is None or w.pool in pools)]
+        expected = {w.node for w in waited_for}
+        while True:
+            self.check_alive(waited_for)
+            try:
+                answered = live_nodes()
+            except Exception:  # not up yet: Redis or the API still starting
+                answered = set()
+            if expected <= answered:
+                return
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"workers {sorted(expected - answered)} did not answer within "
+                    f"{timeout:.0f}s; logs in {self.folder}"
+                )
+            time.sleep(0.3)
+
+    @staticmethod
+    def check_alive(starting: list[ManagedProcess]) -> None:
+        """LaunchError, with the end of its log, if one of `starting` exited."""
+        for managed in starting:
+            if managed.process is not None and not managed.alive():
+                log = managed.log_path.read_text(errors="replace")[-3000:]
+                raise LaunchError(f"{managed.name} exited; see {managed.log_path}:\n{log}")
+
+    # -- keeping it running, and stopping it ---------------------------------------------
+
+    def restart_dead(self) -> list[ManagedProcess]:
+        """Start again, under the same name, every process that exited: what compose's
+        restart policy does for a container."""
+        dead = [p for p in self.processes if p.process is not None and not p.alive()]
+        for managed in dead:
+            assert managed.process is not None
+            managed.last_exit = managed.process.returncode
+            managed.restarts += 1
+            managed.start()
+        return dead
+
+    def stop_process(
+        self, managed: ManagedProcess, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS
+    ) -> None:
+        """Stop one process and forget it."""
+        managed.stop(sig, grace)
+        if managed in self.processes:
+            self.processes.remove(managed)
+        if managed is self.api:
+            self.api = None
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM to every process at once, SIGKILL to those still there after `grace`
+        seconds, then Redis, last: a stopping worker hands its running jobs back to the
+        queue through it."""
+        for managed in self.processes:
+            if managed.alive():
+                assert managed.process is not None
+                managed.process.send_signal(signal.SIGTERM)  # a warm shutdown for Celery
+        deadline = time.monotonic() + grace
+        for managed in self.processes:
+            managed.stop(grace=max(0.1, deadline - time.monotonic()))
+        self.processes.clear()
+        self.api = None
+        if self.redis_server is not None:
+            self.redis_server.stop()

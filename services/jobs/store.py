@@ -1,0 +1,222 @@
+"""The job store in Redis: records, their indexes, and every state change.
+
+A record is one Redis hash (`redis_keys.job(id)`, laid out by services/jobs/record.py)
+with the job's TTL, plus its id in sorted sets scored by submission time: one for all
+jobs and one per pool, workload and state, so a filtered, paged listing reads only the
+ids it returns (its cost does not grow with the number of stored jobs). State changes are
+Lua scripts (transition.lua, create.lua beside this file), so the API and a worker never
+both win a race (a cancel and a start, say).
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any
+
+import redis
+
+from services.core import redis_keys
+from services.core.vocabulary import JobState
+from services.jobs.record import (
+    CREATABLE_FIELDS,
+    JobRecord,
+    as_text,
+    decode_record,
+    field_value,
+    index_score,
+    spec_json,
+)
+
+_SCRIPTS = resources.files(__package__)
+# Moves a job between states, checking where it may come from (transition.lua).
+TRANSITION_SCRIPT = _SCRIPTS.joinpath("transition.lua").read_text()
+# Stores new records, indexes them and pushes their messages in one go (create.lua).
+CREATE_SCRIPT = _SCRIPTS.joinpath("create.lua").read_text()
+
+
+class JobStore:
+    """Job records in one Redis database."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+        self._transition = client.register_script(TRANSITION_SCRIPT)
+        self._create = client.register_script(CREATE_SCRIPT)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def create(self, record: JobRecord, pipe: redis.client.Pipeline | None = None) -> None:
+        """Store a new record and index it; inside `pipe` when the caller batches."""
+        self.create_many([record], pipe=pipe)
+
+    def create_many(
+        self,
+        records: list[JobRecord],
+        messages: dict[str, list[str]] | None = None,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> None:
+        """Store new records, index them and LPUSH `messages` ({list key: payloads}) in one
+        script: atomic, one round trip. (As a MULTI of separate commands, redis-py spent
+        more time packing a thousand commands and parsing their replies than Redis took to
+        run them: docs/performance.md.) A new record holds its spec and its state; outcomes
+        come later, by transitions."""
+        args: list[Any] = [
+            self.ttl, redis_keys.job(""), redis_keys.job_index(), redis_keys.job_index("pool", ""),
+            redis_keys.job_index("workload", ""), redis_keys.job_index("state", ""), len(records),
+        ]  # fmt: skip
+        for record in records:
+            if not record.model_fields_set <= CREATABLE_FIELDS:
+                extra = sorted(record.model_fields_set - CREATABLE_FIELDS)
+                raise ValueError(f"a new record carries only its spec and state, not {extra}")
+            args += (
+                record.id, index_score(record.submitted_at), record.state.value, record.pool,
+                record.workload, spec_json(record),
+            )  # fmt: skip
+        for queue, payloads in (messages or {}).items():
+            args.append(len(payloads))
+            args.append(queue)
+            args.extend(payloads)
+        self._create(args=args, client=pipe)
+
+    def prune_indexes(self, chunk: int = 1_000) -> int:
+        """Drop the ids of expired records from every index, so each stays the size of
+        the records kept. Run now and then (the workers' sweep), not on every create:
+        that cost four commands a job. Only ids submitted more than a TTL ago can have
+        expired, but not all of them have: a retry restarts its record's TTL."""
+        oldest_kept = index_score(time.time() - self.ttl)
+        alive: dict[str, bool] = {}  # the same old ids sit in several indexes
+        removed = 0
+        for index in self.redis.scan_iter(match=f"{redis_keys.job_index()}*", count=1_000):
+            low = "-inf"
+            while True:
+                rows = self.redis.zrange(
+                    index, low, f"({oldest_kept}", byscore=True, offset=0, num=chunk,
+                    withscores=True,
+                )  # fmt: skip
+                unknown = [job_id for job_id, _ in rows if job_id not in alive]
+                if unknown:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for job_id in unknown:
+                        pipe.exists(redis_keys.job(job_id))
+                    alive.update(zip(unknown, map(bool, pipe.execute()), strict=True))
+                gone = [job_id for job_id, _ in rows if not alive[job_id]]
+                if gone:
+                    removed += self.redis.zrem(index, *gone)
+                if len(rows) < chunk:
+                    break
+                low = f"({int(rows[-1][1])}"
+        return removed
+
+    def transition(
+        self,
+        job_id: str,
+        allowed_from: frozenset[JobState] | set[JobState],
+        to: JobState,
+        fields: dict[str, Any] | None = None,
+        count_attempt: bool = False,
+        return_record: bool = False,
+        refresh_ttl: bool = False,
+    ) -> tuple[bool, JobState] | tuple[bool, JobState, JobRecord] | None:
+        """Move a job to `to` if its state is in `allowed_from`; with `refresh_ttl`, the
+        record is kept for the store's TTL from now (a job queued again).
+
+        Returns (moved, previous state), with the record after the move appended when
+        `return_record` and it moved; None when the record does not exist.
+        """
+        args: list[Any] = [",".join(sorted(allowed_from)), job_id, str(to)]
+        flags = (
+            ("a" if count_attempt else "")
+            + ("r" if return_record else "")
+            + ("e" if refresh_ttl else "")
+        )
+        args.extend([flags or "-", time.time(), self.ttl])
+        for name, value in (fields or {}).items():
+            args.extend([name, field_value(name, value)])
+        answer = self._transition(
+            keys=[redis_keys.job(job_id), redis_keys.job_index("state", "")], args=args
+        )
+        if answer is None:
+            return None
+        moved, previous = answer[0], JobState(as_text(answer[1]))
+        if len(answer) > 2:
+            flat = as_text(answer[2])
+            return (
+                bool(moved),
+                previous,
+                decode_record(dict(zip(flat[::2], flat[1::2], strict=True))),
+            )
+        return bool(moved), previous
+
+    def renew_leases(self, job_ids: list[str], seconds: float) -> None:
+        """Tell takeovers these jobs' worker is alive for `seconds` more (one round trip)."""
+        until = str(time.time() + seconds)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hset(redis_keys.job(job_id), "lease_until", until)
+        pipe.execute()
+
+    def set_fields(self, job_id: str, fields: dict[str, Any]) -> None:
+        self.redis.hset(
+            redis_keys.job(job_id), mapping={k: field_value(k, v) for k, v in fields.items()}
+        )
+
+    # -- reading -----------------------------------------------------------------------
+
+    def task_id(self, job_id: str) -> str:
+        """The Celery task id of the job's current message, which a cancel revokes: the
+        claim records it; a job's first message carries the job id itself
+        (services/broker/messages.py), so no record of it means that."""
+        return self.redis.hget(redis_keys.job(job_id), "task_id") or job_id
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.redis.hgetall(redis_keys.job(job_id))
+        return decode_record(as_text(raw)) if raw else None
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        pool: str | None = None,
+        workload: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> tuple[list[JobRecord], int | None]:
+        """A page of records, newest first, and the cursor of the next page (or None).
+
+        Reads the narrowest index among the filters; the other filters are checked on the
+        records read, a chunk at a time.
+        """
+        filters = {"state": state, "pool": pool, "workload": workload}
+        field = next((name for name, value in filters.items() if value is not None), None)
+        index = redis_keys.job_index(field, filters[field]) if field else redis_keys.job_index()
+        upper = f"({cursor}" if cursor is not None else "+inf"
+        page: list[JobRecord] = []
+        chunk = max(limit + 1, 32)
+        while len(page) <= limit:
+            rows = self.redis.zrange(
+                index, upper, "-inf", byscore=True, desc=True, offset=0, num=chunk, withscores=True
+            )
+            if not rows:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, _ in rows:
+                pipe.hgetall(redis_keys.job(as_text(job_id)))
+            for (_job_id, score), raw in zip(rows, pipe.execute(), strict=True):
+                upper = f"({int(score)}"
+                if not raw:
+                    continue  # expired since it was indexed
+                record = decode_record(as_text(raw))
+                if all(
+                    value is None or str(getattr(record, name)) == value
+                    for name, value in filters.items()
+                ):
+                    page.append(record)
+                    if len(page) > limit:
+                        break
+            if len(rows) < chunk:
+                break
+        if len(page) > limit:
+            page = page[:limit]
+            return page, index_score(page[-1].submitted_at)
+        return page, None

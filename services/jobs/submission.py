@@ -1,0 +1,156 @@
+"""Sending a job: the one function every way in (API, batch, CLI, lab) goes through."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from services.broker.celery_app import RUN_JOB_TASK
+from services.broker.messages import MessageFactory
+from services.catalog.pools import DEFAULT_POOL_FOR_KIND, POOLS
+from services.catalog.workloads import get_workload
+from services.core.ids import new_uuid4
+from services.core.vocabulary import JobState
+from services.jobs.record import JobRecord
+from services.jobs.store import JobStore
+
+
+class BrokerUnavailable(Exception):
+    """Redis could not take the job; nothing was accepted."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a client asks for, already validated (see api/submissions.py)."""
+
+    workload: str
+    params: dict[str, Any] = field(default_factory=dict)
+    pool: str | None = None
+    max_retries: int = 0
+    backoff: float = 1.0
+    time_limit: int | None = None
+
+
+def default_pool(spec: JobSpec) -> str:
+    """The pool suited to the workload's kind; a time limit needs a pool that can kill."""
+    if spec.time_limit is not None:
+        return next(p.name for p in POOLS.values() if p.hard_time_limit)
+    return DEFAULT_POOL_FOR_KIND[get_workload(spec.workload).kind]
+
+
+def new_record(spec: JobSpec, job_id: str | None = None) -> JobRecord:
+    return JobRecord(
+        id=job_id or new_uuid4(),
+        workload=spec.workload,
+        params=dict(spec.params),
+        pool=spec.pool or default_pool(spec),
+        pool_chosen_by="client" if spec.pool else "default",
+        state=JobState.queued,
+        submitted_at=time.time(),
+        max_retries=spec.max_retries,
+        backoff=spec.backoff,
+        time_limit=spec.time_limit,
+    )
+
+
+def send_options(record: JobRecord, task_id: str) -> dict[str, Any]:
+    """How a Celery message for `record` is sent: its queue, task id and time limit."""
+    options: dict[str, Any] = {"task_id": task_id, "queue": POOLS[record.pool].queue}
+    if record.time_limit is not None:
+        options["time_limit"] = record.time_limit
+    return options
+
+
+def send_job_message(
+    celery: Celery, record: JobRecord, task_id: str, takeover: bool = False
+) -> None:
+    """Queue a message for a record already stored (a retry, a reconciliation) under
+    `task_id`, which the caller records on the job first; BrokerUnavailable if it fails.
+
+    Each re-dispatch needs a task id of its own (`new_uuid4()`), the job id travelling as
+    the task's argument: cancelling a running job revokes its task id in every worker for
+    hours, and a message re-sent under that id would be discarded unseen. `takeover` lets
+    the message claim a job still `running` once its worker's lease has lapsed.
+    """
+    kwargs = {"takeover": True} if takeover else {}
+    try:
+        celery.send_task(
+            RUN_JOB_TASK, args=[record.id], kwargs=kwargs, retry=False,
+            **send_options(record, task_id),
+        )  # fmt: skip
+    except (OperationalError, redis.RedisError) as exc:
+        raise BrokerUnavailable(str(exc)) from exc
+
+
+@lru_cache(maxsize=16)
+def message_factory(celery: Celery) -> MessageFactory:
+    return MessageFactory(celery)
+
+
+def job_messages(celery: Celery, records: list[JobRecord]) -> dict[str, list[str]]:
+    """The first Celery message of each new record, by the Redis list of its queue, in
+    submission order (kombu pushes at the head and pops at the tail: first in, first run)."""
+    messages = message_factory(celery)
+    queued: dict[str, list[str]] = {}
+    for record in records:
+        key, payload = messages.message(record.id, POOLS[record.pool].queue, record.time_limit)
+        queued.setdefault(key, []).append(payload)
+    return queued
+
+
+def store_and_send(store: JobStore, celery: Celery, records: list[JobRecord]) -> None:
+    """Every record, its index entries and its Celery message in one script: one round
+    trip, and all of them reach Redis or none does, so a worker never receives a job it
+    cannot find and no record waits for a message that was never sent."""
+    try:
+        store.create_many(records, messages=job_messages(celery, records))
+    except (OperationalError, redis.RedisError) as exc:
+        raise BrokerUnavailable(str(exc)) from exc
+
+
+def submit_job(
+    store: JobStore, celery: Celery, spec: JobSpec, job_id: str | None = None
+) -> JobRecord:
+    """Record a job as queued and send it to its pool's queue; BrokerUnavailable (and
+    nothing stored) if Redis cannot take it."""
+    record = new_record(spec, job_id)
+    store_and_send(store, celery, [record])
+    return record
+
+
+def submit_jobs(store: JobStore, celery: Celery, specs: list[JobSpec]) -> list[JobRecord]:
+    """Submit many jobs in one round trip, all or nothing (see store_and_send)."""
+    records = [new_record(spec) for spec in specs]
+    store_and_send(store, celery, records)
+    return records
+
+
+def requeue_job(store: JobStore, celery: Celery, job_id: str) -> JobRecord | None:
+    """Queue a failed or cancelled job again (POST /jobs/<id>/retry), under a new task id.
+
+    Returns the record, or None when the job is not in a state that can be retried.
+    """
+    task_id = new_uuid4()
+    answer = store.transition(
+        job_id,
+        {JobState.failed, JobState.cancelled},
+        JobState.queued,
+        return_record=True,
+        # dispatched_at: the reconciler counts a lost message from this dispatch, not
+        # from the submission.
+        fields={"finished_at": None, "started_at": None, "result": None, "error": None,
+                "cancel_requested": False, "attempt_errors": [], "task_id": task_id,
+                "dispatched_at": time.time()},
+        refresh_ttl=True,  # a retry of an old job must not expire before it runs
+    )  # fmt: skip
+    if answer is None or not answer[0]:
+        return None
+    record = answer[2]
+    send_job_message(celery, record, task_id)
+    return record

@@ -1,0 +1,59 @@
+-- Moves a job from one of the allowed states to a new one, setting fields as it goes, and
+-- keeps the per-state index in step. running -> running (a redelivery taking over) needs
+-- the running worker's lease to have expired. Every Redis call here counts against the
+-- job's cost (the benchmark's commands per job), so the record is read once and written
+-- once.
+--
+-- KEYS[1]    the job's hash (redis_keys.job(id))
+-- KEYS[2]    the prefix of the per-state indexes (redis_keys.job_index("state", ""))
+-- ARGV[1]    the states it may move from, comma separated
+-- ARGV[2]    the job id, as the indexes hold it
+-- ARGV[3]    the state it moves to
+-- ARGV[4]    flags, any of: 'a' count an attempt; 'r' return the record as it is after
+--            the move (saves the worker a round trip); 'e' start the record's TTL again,
+--            so a job sent once more (a retry) cannot expire before it runs; '-' none
+-- ARGV[5]    the time now, seconds since the epoch (compared with lease_until)
+-- ARGV[6]    the TTL in seconds, for 'e'
+-- ARGV[7..]  field, value, field, value, ... to set with the move
+--
+-- Returns {moved (1/0), previous state[, record as field, value, ...]}, or nil when the
+-- record does not exist (expired, or never accepted).
+
+local rec = {}
+if string.find(ARGV[4], 'r') then
+  local raw = redis.call('HGETALL', KEYS[1])
+  for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
+else
+  local got = redis.call('HMGET', KEYS[1], 'state', 'score', 'lease_until', 'attempts')
+  rec = {state = got[1], score = got[2], lease_until = got[3], attempts = got[4]}
+end
+local state = rec['state']
+if not state then return false end
+local allowed = false
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  if s == state then allowed = true end
+end
+if not allowed then return {0, state} end
+local id, new_state = ARGV[2], ARGV[3]
+if state == 'running' and new_state == 'running' then
+  -- Taking over a running job: only once the worker running it stopped renewing its lease.
+  if tonumber(rec['lease_until'] or '0') > tonumber(ARGV[5]) then return {0, state} end
+end
+local sets = {'state', new_state}
+if string.find(ARGV[4], 'a') then
+  sets[3], sets[4] = 'attempts', tostring(tonumber(rec['attempts'] or '0') + 1)
+end
+for i = 7, #ARGV do sets[#sets + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(sets))
+if string.find(ARGV[4], 'e') then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+if state ~= new_state then
+  redis.call('ZREM', KEYS[2] .. state, id)
+  redis.call('ZADD', KEYS[2] .. new_state, rec['score'], id)
+end
+if string.find(ARGV[4], 'r') then
+  for i = 1, #sets, 2 do rec[sets[i]] = sets[i + 1] end
+  local flat = {}
+  for k, v in pairs(rec) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+  return {1, state, flat}
+end
+return {1, state}

@@ -1,0 +1,107 @@
+"""Experiments: one workload on several pools and local executors, measured and explained.
+
+The request is validated here; the run happens on the experiment worker
+(worker/experiments.py), one target at a time; the record (state, progress per target,
+report) lives in Redis (services/lab/experiment_store.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.catalog.workloads import WorkloadName, get_workload
+from services.core.vocabulary import ExperimentState, PoolName, WorkloadKind
+from services.lab.executors import LOCAL_EXECUTORS, supports_asyncio
+from services.lab.metrics import TargetReport
+
+LocalTarget = Literal[LOCAL_EXECUTORS]  # type: ignore[valid-type]
+
+
+class ExperimentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workload: WorkloadName
+    params: dict[str, Any] = Field(default_factory=dict)
+    count: int = Field(..., ge=1, le=5_000, strict=True, description="Jobs per target.")
+    pools: list[PoolName] = Field(default_factory=list)
+    local: list[LocalTarget] = Field(
+        default_factory=list, description="Local executors, with max_workers = concurrency."
+    )
+    concurrency: int = Field(
+        8, ge=1, le=1_000, strict=True,
+        description="Of the local executors; the pools run with their workers' concurrency.",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _targets(self) -> ExperimentRequest:
+        if not self.pools and not self.local:
+            raise ValueError("name at least one target in pools or local")
+        for name, chosen in (("pools", self.pools), ("local", self.local)):
+            if len(set(chosen)) != len(chosen):
+                raise ValueError(f"{name} names a target twice")
+        if "asyncio" in self.local and not supports_asyncio(self.workload):
+            raise ValueError(
+                f"asyncio is not offered for {self.workload!r}: a CPU-bound coroutine never "
+                "awaits, so it is sequential code; compare processpool or prefork instead"
+            )
+        return self
+
+    @property
+    def targets(self) -> list[tuple[Literal["pool", "local"], str]]:
+        return [("pool", p) for p in self.pools] + [("local", e) for e in self.local]
+
+
+class TargetProgress(BaseModel):
+    done: int = 0
+    total: int
+
+
+class WorkerTopology(BaseModel):
+    node: str
+    concurrency: int
+    pid: int | None = None
+    max_rss_bytes: int | None = None
+
+
+class Topology(BaseModel):
+    cores: int
+    host: str
+    python: str
+    celery: str
+    redis_server: str | None
+    workers: dict[str, list[WorkerTopology]] = Field(
+        ..., description="Live workers per pool when the experiment started."
+    )
+
+
+class ExperimentReport(BaseModel):
+    workload: str
+    kind: WorkloadKind
+    params: dict[str, Any]
+    count: int
+    concurrency: int
+    job_seconds: float = Field(..., description="The duration (io) or CPU time (cpu) of one job.")
+    topology: Topology
+    targets: list[TargetReport]
+    verdict: list[str]
+
+
+class Experiment(BaseModel):
+    id: str
+    state: ExperimentState
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    request: ExperimentRequest
+    progress: dict[str, TargetProgress]
+    report: ExperimentReport | None = None
+    error: str | None = None
+
+
+def validate_request(body: dict[str, Any]) -> ExperimentRequest:
+    """The request, its workload's params checked too (pydantic.ValidationError, or
+    services.catalog.errors.WorkloadError for a host off the allow-list)."""
+    request = ExperimentRequest.model_validate(body)
+    parsed = get_workload(request.workload).validate(request.params)
+    return request.model_copy(update={"params": parsed.model_dump(mode="json")})

@@ -1,0 +1,131 @@
+"""What an experiment measures per target, from the timestamps of each job.
+
+For a pool the timestamps are the worker's (submitted on the API, started and finished in
+the worker); for a local executor, the same stamps taken around the same function.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from services.core.vocabulary import WorkloadKind
+
+
+class Percentiles(BaseModel):
+    p50: float
+    p95: float
+    p99: float
+
+
+class TargetReport(BaseModel):
+    target: str = Field(..., description="A pool name, or a local executor name.")
+    kind: Literal["pool", "local"]
+    count: int
+    errors: int
+    concurrency: int = Field(..., description="Slots that ran jobs at once.")
+    makespan_s: float = Field(..., description="First submission to last finish.")
+    throughput_per_s: float
+    latency_s: Percentiles = Field(..., description="Submission to finish.")
+    queue_wait_s: Percentiles = Field(..., description="Submission to start.")
+    run_time_s: Percentiles = Field(..., description="Start to finish.")
+    cpu_seconds_per_job: float = Field(
+        ..., description="The job's own CPU time; on gevent, the pool processes' CPU / jobs."
+    )
+    processes: int | None = Field(
+        None,
+        description="Distinct processes (pids) that ran the jobs: one for threads, "
+        "greenlets and coroutines; up to the concurrency for process pools.",
+    )
+    peak_rss_bytes: int | None = Field(
+        None,
+        description="Peak during this target's run of the summed RSS of the processes that "
+        "ran its jobs: the pool's workers with their children, or the lab process (with a "
+        "process pool's children). None when a worker of the pool runs on another host.",
+    )
+    ideal_makespan_s: float
+    efficiency: float = Field(..., description="ideal / makespan, in (0, 1]: for display.")
+    efficiency_raw: float | None = Field(
+        None,
+        description="ideal / makespan, not clamped: a hair above 1 is clock granularity; "
+        "clearly above 1 means the ideal was not a bound. (None in reports stored before "
+        "it was recorded.)",
+    )
+
+
+@dataclass(frozen=True)
+class JobTiming:
+    submitted_at: float
+    started_at: float
+    finished_at: float
+    cpu_seconds: float | None  # None where it cannot be told per job (greenlets)
+    failed: bool
+    pid: int | None = None  # the process that ran it
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: an observed value, never an interpolation."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def percentiles(values: list[float]) -> Percentiles:
+    return Percentiles(
+        p50=round(percentile(values, 50), 6),
+        p95=round(percentile(values, 95), 6),
+        p99=round(percentile(values, 99), 6),
+    )
+
+
+def ideal_makespan(
+    kind: WorkloadKind, count: int, concurrency: int, job_seconds: float, cores: int
+) -> float:
+    """The least time `count` jobs can take on `concurrency` slots.
+
+    I/O-bound: the waits overlap, `concurrency` at a time: ceil(count / concurrency)
+    rounds of one job's duration. CPU-bound: the CPU work cannot run on more cores than
+    there are, whatever the concurrency: count x CPU time / min(concurrency, cores).
+    """
+    if kind == "io":
+        return math.ceil(count / concurrency) * job_seconds
+    return count * job_seconds / min(concurrency, cores)
+
+
+def measure(
+    target: str,
+    kind: Literal["pool", "local"],
+    timings: list[JobTiming],
+    concurrency: int,
+    ideal_s: float,
+    peak_rss_bytes: int | None,
+) -> TargetReport:
+    makespan = max(t.finished_at for t in timings) - min(t.submitted_at for t in timings)
+    makespan = max(makespan, 1e-9)
+    raw = ideal_s / makespan if ideal_s > 0 else 1.0
+    return TargetReport(
+        target=target,
+        kind=kind,
+        count=len(timings),
+        errors=sum(t.failed for t in timings),
+        concurrency=concurrency,
+        makespan_s=round(makespan, 6),
+        throughput_per_s=round(len(timings) / makespan, 3),
+        latency_s=percentiles([t.finished_at - t.submitted_at for t in timings]),
+        queue_wait_s=percentiles([t.started_at - t.submitted_at for t in timings]),
+        run_time_s=percentiles([t.finished_at - t.started_at for t in timings]),
+        cpu_seconds_per_job=round(
+            statistics.fmean(t.cpu_seconds for t in timings if t.cpu_seconds is not None), 6
+        ),
+        processes=len({t.pid for t in timings if t.pid is not None}) or None,
+        peak_rss_bytes=peak_rss_bytes,
+        ideal_makespan_s=round(ideal_s, 6),
+        # Clock granularity can put a tiny job a hair under its bound: the displayed
+        # efficiency stays a fraction, the raw ratio shows by how much it was beaten.
+        efficiency=round(min(1.0, raw), 4),
+        efficiency_raw=round(raw, 4),
+    )

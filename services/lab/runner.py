@@ -1,0 +1,272 @@
+"""Running an experiment: each target in turn, measured from the jobs' own timestamps.
+
+Called by the experiment worker (worker/experiments.py). Pool targets submit real jobs through
+`submit_jobs`, the one way in, in batches as POST /jobs/batch does, and read what the
+workers recorded; local targets run the same workload functions in this process's
+executors. Each target's peak memory is sampled while it runs (services/lab/peak_rss.py).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Any
+
+import celery as celery_package
+from celery import Celery
+
+from services.broker.inspection import live_workers, local_pid
+from services.catalog.workloads import get_workload
+from services.core import redis_keys
+from services.core.vocabulary import FINAL_JOB_STATES
+from services.jobs.store import JobStore
+from services.jobs.submission import JobSpec, submit_jobs
+from services.lab.executors import run_local
+from services.lab.experiment_store import ExperimentStore
+from services.lab.experiments import Experiment, ExperimentReport, Topology, WorkerTopology
+from services.lab.metrics import JobTiming, ideal_makespan, measure
+from services.lab.peak_rss import PeakRss
+from services.lab.verdict import verdict
+
+# A pool target that has not finished by then is reported as failed, not waited for.
+TARGET_DEADLINE_SECONDS = 900
+PROGRESS_EVERY_SECONDS = 0.3
+
+
+class ExperimentFailed(Exception):
+    """Said to the user as the experiment's error."""
+
+
+def topology(celery: Celery, redis_version: str | None) -> Topology:
+    workers = {
+        pool: [
+            WorkerTopology(
+                node=w.node, concurrency=w.concurrency, pid=w.pid, max_rss_bytes=w.max_rss_bytes
+            )
+            for w in found
+        ]
+        for pool, found in live_workers(celery).items()
+    }
+    return Topology(
+        cores=os.cpu_count() or 1,
+        host=socket.gethostname(),
+        python=platform.python_version(),
+        celery=celery_package.__version__,
+        redis_server=redis_version,
+        workers=workers,
+    )
+
+
+class Progress:
+    """Counts finished jobs of one target and saves them, at most every few tenths of a
+    second, so a client polling GET /experiments/<id> sees the run move."""
+
+    def __init__(self, store: ExperimentStore, experiment: Experiment, target: str) -> None:
+        self.store, self.experiment, self.target = store, experiment, target
+        self.saved_at = 0.0
+
+    def set(self, done: int, force: bool = False) -> None:
+        self.experiment.progress[self.target].done = done
+        now = time.monotonic()
+        if force or now - self.saved_at >= PROGRESS_EVERY_SECONDS:
+            self.store.save(self.experiment)
+            self.saved_at = now
+
+
+def run_pool_target(
+    jobs: JobStore, celery: Celery, experiment: Experiment, pool: str, progress: Progress
+) -> list[JobTiming]:
+    request = experiment.request
+    spec = JobSpec(workload=request.workload, params=request.params, pool=pool)
+    # In batches, as a client of POST /jobs/batch would: what is measured is the pool,
+    # not the lab's own submission loop.
+    ids = []
+    for start in range(0, request.count, 1_000):
+        size = min(1_000, request.count - start)
+        ids += [record.id for record in submit_jobs(jobs, celery, [spec] * size)]
+    pending, finished = set(ids), {}
+    deadline = time.monotonic() + TARGET_DEADLINE_SECONDS
+    while pending:
+        pipe = jobs.redis.pipeline(transaction=False)
+        ordered = list(pending)
+        for job_id in ordered:
+            pipe.hmget(redis_keys.job(job_id), "state")
+        for job_id, (state,) in zip(ordered, pipe.execute(), strict=True):
+            if state in FINAL_JOB_STATES:
+                pending.discard(job_id)
+                finished[job_id] = True
+        progress.set(len(finished))
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise ExperimentFailed(
+                f"{len(pending)} of {len(ids)} jobs on pool {pool!r} did not finish within "
+                f"{TARGET_DEADLINE_SECONDS} s; is a worker serving it? (GET /pools)"
+            )
+        time.sleep(0.05)
+    progress.set(len(ids), force=True)
+    records = [jobs.get(job_id) for job_id in ids]
+    return [
+        JobTiming(
+            submitted_at=r.submitted_at,
+            started_at=r.started_at or r.finished_at or r.submitted_at,
+            finished_at=r.finished_at or r.submitted_at,
+            cpu_seconds=r.cpu_seconds,
+            failed=r.state != "succeeded",
+            pid=r.worker_pid,
+        )
+        for r in records
+        if r is not None
+    ]
+
+
+def run_local_target(experiment: Experiment, executor: str, progress: Progress) -> list[JobTiming]:
+    request = experiment.request
+    done = [0]
+
+    def one_done() -> None:
+        done[0] += 1
+        progress.set(done[0])
+
+    runs = run_local(
+        executor, request.workload, request.params, request.count, request.concurrency, one_done
+    )
+    progress.set(len(runs), force=True)
+    return [
+        JobTiming(
+            r.submitted_at, r.started_at, r.finished_at, r.cpu_seconds, r.error is not None, r.pid
+        )
+        for r in runs
+    ]
+
+
+def job_seconds(kind: str, params: dict[str, Any], timings: dict[str, list[JobTiming]]) -> float:
+    """One job's duration (io) or CPU time (cpu), the unit of the ideal bound.
+
+    `sleep` says its own duration. Otherwise: for I/O, the shortest median run time over
+    the targets (the least loaded one); for CPU, likewise the least median CPU time (CPU
+    time grows less with load than run time does, but it grows: caches, contention).
+    """
+    if kind == "io" and "seconds" in params:
+        return float(params["seconds"])
+    if kind == "io":
+        return min(
+            statistics.median(t.finished_at - t.started_at for t in runs)
+            for runs in timings.values()
+        )
+    return min(
+        statistics.median(t.cpu_seconds for t in runs if t.cpu_seconds is not None)
+        for runs in timings.values()
+        if any(t.cpu_seconds is not None for t in runs)
+    )
+
+
+def pool_cpu_seconds(celery: Celery, nodes: list[str]) -> float:
+    """CPU seconds the worker processes have used so far (user + system), from Celery's
+    inspection: what a job costs where a job's own CPU cannot be told apart."""
+    stats = celery.control.inspect(timeout=1.0, destination=nodes).stats() or {}
+    return sum(s["rusage"]["utime"] + s["rusage"]["stime"] for s in stats.values())
+
+
+def pool_meter(workers: list[WorkerTopology]) -> PeakRss | None:
+    """A meter of the pool's worker processes and their children (prefork's pool), when
+    every one of them runs on this host; else None: a partial sum would be a wrong number."""
+    pids = [local_pid(w.node, w.pid) for w in workers]
+    if not pids or None in pids:
+        return None
+    return PeakRss([pid for pid in pids if pid is not None], children=True)
+
+
+def local_meter(executor: str) -> PeakRss:
+    """Local executors run their jobs in this process, a process pool in its children."""
+    return PeakRss([os.getpid()], children=executor == "processpool")
+
+
+def measure_pool(
+    jobs: JobStore,
+    celery: Celery,
+    experiment: Experiment,
+    pool: str,
+    workers: list[WorkerTopology],
+    progress: Progress,
+) -> tuple[list[JobTiming], int | None]:
+    """One pool target: its jobs' timings, with the pool's CPU shared out where a job's
+    own cannot be told (greenlets), and the peak RSS of its workers over the run."""
+    nodes = [w.node for w in workers]
+    cpu_before = pool_cpu_seconds(celery, nodes)
+    meter = pool_meter(workers)
+    with meter or nullcontext():
+        timings = run_pool_target(jobs, celery, experiment, pool, progress)
+    if all(t.cpu_seconds is None for t in timings):
+        share = (pool_cpu_seconds(celery, nodes) - cpu_before) / len(timings)
+        timings = [replace(t, cpu_seconds=share) for t in timings]
+    return timings, meter.peak_bytes if meter else None
+
+
+def run_experiment(
+    experiment_id: str, jobs: JobStore, experiments: ExperimentStore, celery: Celery
+) -> Experiment:
+    experiment = experiments.get(experiment_id)
+    if experiment is None:
+        raise ExperimentFailed(f"no experiment {experiment_id}")
+    experiment.state, experiment.started_at, experiment.error = "running", time.time(), None
+    experiments.save(experiment)
+    request = experiment.request
+    kind = get_workload(request.workload).kind
+    try:
+        redis_version = jobs.redis.info("server").get("redis_version")
+        topo = topology(celery, redis_version)
+        for pool in request.pools:
+            if not topo.workers[pool]:
+                raise ExperimentFailed(f"no live worker serves pool {pool!r} (GET /pools)")
+        timings: dict[str, list[JobTiming]] = {}
+        concurrency: dict[str, int] = {}
+        peak_rss: dict[str, int | None] = {}
+        for target_kind, name in request.targets:
+            progress = Progress(experiments, experiment, name)
+            if target_kind == "pool":
+                timings[name], peak_rss[name] = measure_pool(
+                    jobs, celery, experiment, name, topo.workers[name], progress
+                )
+                concurrency[name] = sum(w.concurrency for w in topo.workers[name])
+            else:
+                with local_meter(name) as meter:
+                    timings[name] = run_local_target(experiment, name, progress)
+                peak_rss[name] = meter.peak_bytes
+                concurrency[name] = 1 if name == "sequential" else request.concurrency
+        unit = job_seconds(kind, request.params, timings)
+        targets = [
+            measure(
+                name,
+                target_kind,
+                timings[name],
+                concurrency[name],
+                ideal_makespan(kind, request.count, concurrency[name], unit, topo.cores),
+                peak_rss[name],
+            )
+            for target_kind, name in request.targets
+        ]
+        experiment.report = ExperimentReport(
+            workload=request.workload,
+            kind=kind,
+            params=request.params,
+            count=request.count,
+            concurrency=request.concurrency,
+            job_seconds=round(unit, 6),
+            topology=topo,
+            targets=targets,
+            verdict=verdict(request.workload, kind, request.count, targets, topo.cores),
+        )
+        experiment.state = "succeeded"
+    except ExperimentFailed as exc:
+        experiment.state, experiment.error = "failed", str(exc)
+    except Exception as exc:  # the experiment fails; the experiment worker lives on
+        experiment.state, experiment.error = "failed", f"{type(exc).__name__}: {exc}"
+    experiment.finished_at = time.time()
+    experiments.save(experiment)
+    return experiment
