@@ -1,6 +1,6 @@
-"""`make run` without Docker: the local runner starts everything, the README's commands
-work against it when pasted, a worker that dies is started again, and SIGTERM stops
-every process it started."""
+"""`make run` without Docker: the local runner starts everything, the commands of the
+README and the docs work against it when pasted, a worker that dies is started again,
+and SIGTERM stops every process it started."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import pytest
 import redis
 import requests
 
-from services import keys
-from services.redis_server import RedisServer, free_port
+from services.core import redis_keys
+from services.devstack.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # Short, so the Ctrl-C test sees a prefork job outlast it and be handed back.
@@ -39,12 +39,24 @@ class LocalRun:
         return self.output.read_text()
 
 
-def readme_block(name: str) -> str:
-    """The bash block after `<!-- readme-test: NAME -->` in the README."""
-    text = (ROOT / "README.md").read_text()
-    match = re.search(rf"<!-- readme-test: {name} -->\s*```bash\n(.*?)```", text, re.S)
-    assert match, f"README has no block marked {name}"
-    return match.group(1)
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+DOC_TEST = re.compile(r"<!-- doc-test: ([\w-]+) -->\s*```bash\n(.*?)```", re.S)
+
+
+def doc_blocks() -> dict[str, str]:
+    """Every bash block marked `<!-- doc-test: NAME -->` in the README and the docs."""
+    blocks: dict[str, str] = {}
+    for page in DOC_PAGES:
+        for name, block in DOC_TEST.findall(page.read_text()):
+            assert name not in blocks, f"two doc-test blocks named {name}"
+            blocks[name] = block
+    return blocks
+
+
+def test_every_marked_block_is_run_by_a_test() -> None:
+    """A block marked for testing that no test pastes would be a promise nobody checks."""
+    tested = {"api-tour", "lab", "first-job", "first-comparison"}
+    assert set(doc_blocks()) == tested
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +72,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRun]:
     # A process group of its own, led by the runner, as a terminal's foreground job is:
     # Ctrl-C there signals the whole group.
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.localstack"],
+        [sys.executable, "-m", "services.devstack"],
         cwd=ROOT, env=env, stdout=output.open("w"), stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
@@ -126,9 +138,10 @@ def json_documents(text: str) -> list[dict]:
 
 
 def run_pasted(run: LocalRun, block: str, timeout: float) -> str:
-    """A README block as a user pastes it, against this run; but with `curl -f`, so any
-    4xx or 5xx answer fails the script instead of being printed and passed over."""
-    script = readme_block(block).replace("127.0.0.1:8000", run.url.removeprefix("http://"))
+    """A marked block of the docs as a user pastes it, against this run; but with
+    `curl -f`, so any 4xx or 5xx answer fails the script instead of being printed and
+    passed over."""
+    script = doc_blocks()[block].replace("127.0.0.1:8000", run.url.removeprefix("http://"))
     assert "curl -s " in script
     script = script.replace("curl -s ", "curl -sf ")
     result = subprocess.run(
@@ -139,7 +152,23 @@ def run_pasted(run: LocalRun, block: str, timeout: float) -> str:
     return result.stdout
 
 
-def test_readme_commands_work_when_pasted(local_run: LocalRun) -> None:
+def test_readme_first_job_works_when_pasted(local_run: LocalRun) -> None:
+    out = run_pasted(local_run, "first-job", timeout=60)
+    [record] = json_documents(out)
+    assert record["workload"] == "sleep" and record["state"] == "succeeded", record
+    assert record["worker_node"] and record["attempts"] == 1
+
+
+def test_readme_first_comparison_works_when_pasted(local_run: LocalRun) -> None:
+    out = run_pasted(local_run, "first-comparison", timeout=180)
+    state, *verdict = out.strip().splitlines()
+    assert state == "succeeded", out
+    # The verdict names the pools it compared, with figures.
+    assert verdict and "jobs/s" in verdict[0], out
+    assert all(pool in out for pool in ("threads", "prefork", "gevent")), out
+
+
+def test_api_tour_works_when_pasted(local_run: LocalRun) -> None:
     out = run_pasted(local_run, "api-tour", timeout=120)
     assert '"workload":"sleep"' in out and '"state":"queued"' in out
     assert '"pools"' in out and '"workloads"' in out and '"openapi": "3.1' in out
@@ -159,7 +188,7 @@ def test_readme_commands_work_when_pasted(local_run: LocalRun) -> None:
     assert [job["workload"] for job in cancelled] == ["sleep"]
 
 
-def test_readme_lab_commands_work_when_pasted(local_run: LocalRun) -> None:
+def test_lab_commands_work_when_pasted(local_run: LocalRun) -> None:
     out = run_pasted(local_run, "lab", timeout=180)
     assert '"state":"succeeded"' in out
     assert '"verdict"' in out and '"efficiency"' in out
@@ -220,8 +249,8 @@ def test_ctrl_c_keeps_redis_up_until_the_workers_are_done(local_run: LocalRun) -
     server = RedisServer(data).start()  # the same append-only data, read back
     try:
         client = redis.Redis.from_url(server.url, decode_responses=True)
-        assert client.hget(keys.job(short), "state") == "succeeded"
-        assert client.hget(keys.job(long), "state") != "succeeded"
+        assert client.hget(redis_keys.job(short), "state") == "succeeded"
+        assert client.hget(redis_keys.job(long), "state") != "succeeded"
         queued = [m for q in client.scan_iter(_type="list") for m in client.lrange(q, 0, -1)]
         assert any(long in message for message in queued), "the prefork job was not handed back"
     finally:

@@ -1,4 +1,5 @@
-"""Settings from the environment, and the local runner's reading of the compose file."""
+"""Settings from the environment and their generated page, and the local runner's reading of
+the compose file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -14,9 +16,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from services.localstack import COMPOSE_FILE, compose_commands, parse_scale, plan
-from services.pools import POOLS
-from services.settings import Settings
+from services.catalog.pools import POOLS
+from services.core.config_page import configuration_page
+from services.core.settings import Settings
+from services.devstack.compose import COMPOSE_FILE, compose_commands
+from services.devstack.launcher import Launcher
+from services.devstack.run import parse_scale, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,19 +41,16 @@ def test_allowed_hosts_are_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None
     assert Settings().job_http_allowed_hosts == ["api", "example.org"]
 
 
-def readme_configuration_table() -> set[str]:
-    """The variables named in the first column of README's configuration table."""
-    section = (ROOT / "README.md").read_text().split("\n## Configuration\n")[1]
-    section = section.split("\n## ")[0]
-    return set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.MULTILINE))
-
-
-def test_every_setting_is_in_the_readme_table() -> None:
-    documented = readme_configuration_table()
-    settings = {name.upper() for name in Settings.model_fields}
-    assert not settings - documented, "README's configuration table misses these"
-    # Besides the settings, only compose's Redis password is documented there.
-    assert documented - settings == {"REDIS_PASSWORD"}
+def test_the_configuration_page_is_generated_from_settings() -> None:
+    """docs/configuration.md is what `python -m services.core.config_page` writes from the
+    Settings class: a setting added, renamed or redescribed without regenerating it fails
+    here."""
+    committed = (ROOT / "docs" / "configuration.md").read_text()
+    assert committed == configuration_page(), (
+        "docs/configuration.md is stale: run `python -m services.core.config_page`"
+    )
+    for name in Settings.model_fields:
+        assert f"| `{name.upper()}` |" in committed, name
 
 
 def test_worker_loglevel_takes_celery_spelling(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,25 +61,29 @@ def test_worker_loglevel_takes_celery_spelling(monkeypatch: pytest.MonkeyPatch) 
         Settings()
 
 
-def test_scale_parsing() -> None:
+def test_scale_parsing(tmp_path: Path) -> None:
     assert parse_scale("") == {"threads": 1, "prefork": 1, "gevent": 1}
     assert parse_scale("gevent=3,threads=2") == {"threads": 2, "prefork": 1, "gevent": 3}
     # A scale sweep of some pools leaves the others out.
-    left_out = plan(compose_commands(), parse_scale("threads=2,prefork=0,gevent=0"))
-    assert [name for name, _ in left_out] == ["api", "lab", "threads-1", "threads-2"]
+    left_out = plan(Launcher(tmp_path), parse_scale("threads=2,prefork=0,gevent=0"))
+    assert [p.name for p in left_out] == ["api", "experiments-1", "threads-1", "threads-2"]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_scale("fibers=2")
 
 
-def test_local_runner_starts_what_compose_starts() -> None:
+def test_local_runner_starts_what_compose_starts(tmp_path: Path) -> None:
     commands = compose_commands()
-    assert set(commands) == {"api", "worker-lab"} | {f"worker-{pool}" for pool in POOLS}
-    processes = plan(commands, parse_scale("gevent=2"))
-    names = [name for name, _ in processes]
-    assert names == ["api", "lab", "threads-1", "prefork-1", "gevent-1", "gevent-2"]
+    assert set(commands) == {"api", "worker-experiments"} | {f"worker-{p}" for p in POOLS}
+    processes = plan(Launcher(tmp_path), parse_scale("gevent=2"))
+    names = [p.name for p in processes]
+    assert names == ["api", "experiments-1", "threads-1", "prefork-1", "gevent-1", "gevent-2"]
+    for managed in processes:
+        service = "api" if managed.name == "api" else f"worker-{managed.pool}"
+        assert managed.argv[: len(commands[service])] == commands[service], managed.name
     # Scaled workers get distinct Celery node names, as separate containers would.
-    gevent_nodes = [argv[-1] for name, argv in processes if name.startswith("gevent")]
-    assert gevent_nodes == ["gevent-1@%h", "gevent-2@%h"]
+    here = socket.gethostname()
+    gevent_nodes = [p.argv[p.argv.index("--name") + 1] for p in processes if p.pool == "gevent"]
+    assert gevent_nodes == [f"gevent-1@{here}", f"gevent-2@{here}"]
 
 
 def test_every_compose_command_exists_in_the_project() -> None:
@@ -88,9 +94,11 @@ def test_every_compose_command_exists_in_the_project() -> None:
         argv = service["command"].split()
         assert argv[:2] == ["python", "-m"], name
         assert importlib.util.find_spec(f"{argv[2]}.__main__") is not None, name
-        if argv[2] == "worker":
+        if argv[2] == "worker" and name == "worker-experiments":
+            assert argv[3:] == ["--experiments"]
+        elif argv[2] == "worker":
             assert argv[3:] == ["--pool", name.removeprefix("worker-")]
-            assert argv[4] in POOLS or argv[4] == "lab"
+            assert argv[4] in POOLS
         # Scaling needs no fixed names or host ports on workers.
         if name.startswith("worker-"):
             assert "container_name" not in service and "ports" not in service
@@ -174,7 +182,7 @@ def test_a_shorter_visibility_timeout_reaches_every_container() -> None:
 
 
 def test_compose_redis_is_durable_private_and_password_protected() -> None:
-    """What the README's Guarantees and Security sections promise of compose's Redis."""
+    """What the docs' Guarantees and Security pages promise of compose's Redis."""
     services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     redis_service = services["redis"]
     command = redis_service["command"].split()
