@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -55,7 +54,7 @@ def bench_http_post(b: Bench) -> None:
         return
     port = free_port()
     # Flower 2 serves its HTTP API only with auth configured, or with this switch.
-    os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
+    b.stack.overrides["FLOWER_UNAUTHENTICATED_API"] = "true"
     flower = b.spawn(
         [sys.executable, "-m", "celery", "-A", STOCK_APP, "flower",
          f"--port={port}", "--address=127.0.0.1"],

@@ -2,6 +2,7 @@
 
 core (settings, vocabulary, Redis key names and clients) < catalog (workloads, pools) <
 broker (Celery and its transport) < jobs (record, store, submission) < lab
-(experiments); cli and devstack stand apart and import core only. pyproject.toml holds
-the import-linter contracts that enforce this order.
+(experiments); devstack (the local launcher) and cli (which may use it) stand apart and
+import no server code. pyproject.toml holds the import-linter contracts that enforce
+this order.
 """

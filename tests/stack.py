@@ -50,7 +50,7 @@ class Stack(Launcher):
     """Redis + API + workers, all real processes, in `workdir`, with the test keys."""
 
     def __init__(self, workdir: Path, env_overrides: dict[str, str] | None = None) -> None:
-        overrides = {"PYTHONUNBUFFERED": "1", "JOBRUNNER_API_KEYS": api_keys_setting()}
+        overrides = {"API_HOST": "127.0.0.1", "JOBRUNNER_API_KEYS": api_keys_setting()}
         super().__init__(workdir, overrides={**overrides, **(env_overrides or {})})
         self.api_port = free_port()
         self._http: requests.Session | None = None
@@ -66,8 +66,9 @@ class Stack(Launcher):
         return super().start_api(host or "127.0.0.1", port or self.api_port)
 
     def restart_dead_workers(self) -> list[ManagedProcess]:
-        """What compose's restart policy and the local runner do for a worker that exited."""
-        return self.restart_dead()
+        """What compose's restart policy and the local runner do for a worker that exited
+        (the API, if it died, is left dead for the test to see)."""
+        return self.restart_dead(among=self.workers)
 
     def stop_worker(self, worker: ManagedProcess, sig: int = signal.SIGTERM) -> None:
         """Stop a worker (one a test killed is only forgotten) and never restart it."""

@@ -15,10 +15,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from services.cli.client import Client
+from services.cli.client import ApiError, Client
 from services.core.api_keys import hash_key, new_key
 from services.core.plotting import figure_bytes, plt
-from services.devstack.launcher import Launcher
+from services.core.settings import get_settings
+from services.devstack.launcher import Launcher, LaunchError
 from services.devstack.probes import pool_workers_probe
 from services.devstack.redis_server import free_port
 
@@ -51,9 +52,14 @@ def scale_stack(workers: int, pools: list[str]) -> Iterator[Client]:
         # The lab refuses an experiment on a pool that no live worker serves yet.
         probe = pool_workers_probe(launcher.api_url, key)
         launcher.wait_workers_ready(probe, timeout=120, pools=set(pools))
+    except LaunchError as exc:
+        launcher.stop()
+        raise ApiError(f"the local stack did not start: {exc}") from None
+    try:
         yield Client(launcher.api_url, key=key)
     finally:
-        launcher.stop()
+        # As make run stops: the workers' own grace first, so nothing is killed mid-job.
+        launcher.stop(get_settings().job_shutdown_grace + 10)
 
 
 def sweep(

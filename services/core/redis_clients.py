@@ -19,13 +19,20 @@ def redis_client(
 ) -> redis.Redis:
     """A client of the Redis at `url` that answers `str`.
 
-    `timeout` bounds each reply and `connect_timeout` each connect (None: wait as long as
-    the operating system does). With `max_connections`, the client's pool is bounded and
+    `timeout` bounds each reply and `connect_timeout` each connect (None: redis-py's own
+    default). With `max_connections`, the client's pool is bounded and
     a caller past the bound waits up to `wait_for_connection` seconds for a connection
     instead of failing: a gevent worker's hundreds of greenlets share a few dozen, each
     held for one round trip.
     """
-    options = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout}
+    options = {
+        name: value
+        for name, value in (
+            ("socket_timeout", timeout),
+            ("socket_connect_timeout", connect_timeout),
+        )
+        if value is not None
+    }
     if max_connections is None:
         return redis.Redis.from_url(url, decode_responses=True, **options)
     pool = redis.BlockingConnectionPool.from_url(

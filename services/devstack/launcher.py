@@ -1,9 +1,10 @@
 """The one launcher: Redis, the API and workers as processes of this machine.
 
 `make run`, the tests, the benchmarks and `jobrunner compare --scale` all start their
-processes here, and every jobrunner process from the very command written for it in
+processes here, and the API and every worker from the very command written for it in
 docker-compose.yml (services/devstack/compose.py), so each way of running jobrunner
-starts the same programs the same way.
+starts the same programs the same way. Other programs (the bench's stock Celery, Flower)
+can run beside them, started and stopped with the rest.
 
 It imports nothing of the server: it starts programs and talks to them over sockets, so
 a client (the CLI) may use it too.
@@ -74,6 +75,13 @@ class ManagedProcess:
             return
         assert self.process is not None
         self.process.send_signal(sig)
+        self.wait_or_kill(grace)
+
+    def wait_or_kill(self, grace: float) -> None:
+        """Wait up to `grace` seconds for it to end, then SIGKILL. Never a second SIGTERM:
+        to a Celery worker in its soft shutdown, that cancels the running jobs at once."""
+        if self.process is None:
+            return
         try:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -105,7 +113,8 @@ class Launcher:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {**self.base_env, **self.overrides}
+        # Unbuffered, so a log shows what a process said before it died.
+        env = {**self.base_env, "PYTHONUNBUFFERED": "1", **self.overrides}
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
         return env
@@ -184,12 +193,15 @@ class Launcher:
             host = "127.0.0.1"  # bound to every address: loopback is one of them
         return f"http://{host}:{port}"
 
-    def wait_api_ready(self, timeout: float = 60.0) -> None:
-        """Until GET /readyz answers 200 (the API is up and reaches Redis)."""
+    def wait_api_ready(
+        self, timeout: float = 60.0, watching: list[ManagedProcess] | None = None
+    ) -> None:
+        """Until GET /readyz answers 200 (the API is up and reaches Redis); LaunchError
+        if the API, or any of `watching`, exits meanwhile."""
         assert self.api is not None, "no API started"
         deadline = time.monotonic() + timeout
         while True:
-            self.check_alive([self.api])
+            self.check_alive([self.api, *(watching or [])])
             try:
                 if requests.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
                     return
@@ -239,10 +251,11 @@ class Launcher:
 
     # -- keeping it running, and stopping it ---------------------------------------------
 
-    def restart_dead(self) -> list[ManagedProcess]:
-        """Start again, under the same name, every process that exited: what compose's
-        restart policy does for a container."""
-        dead = [p for p in self.processes if p.process is not None and not p.alive()]
+    def restart_dead(self, among: list[ManagedProcess] | None = None) -> list[ManagedProcess]:
+        """Start again, under the same name, every process (of `among`, else of the stack)
+        that exited: what compose's restart policy does for a container."""
+        candidates = self.processes if among is None else among
+        dead = [p for p in candidates if p.process is not None and not p.alive()]
         for managed in dead:
             assert managed.process is not None
             managed.last_exit = managed.process.returncode
@@ -270,7 +283,7 @@ class Launcher:
                 managed.process.send_signal(signal.SIGTERM)  # a warm shutdown for Celery
         deadline = time.monotonic() + grace
         for managed in self.processes:
-            managed.stop(grace=max(0.1, deadline - time.monotonic()))
+            managed.wait_or_kill(max(0.1, deadline - time.monotonic()))
         self.processes.clear()
         self.api = None
         if self.redis_server is not None:

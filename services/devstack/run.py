@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
             launcher.start(managed)
             print(f"started  {managed.name:<14} pid {managed.pid}  log {managed.log_path}")
         try:
-            launcher.wait_api_ready(60)
+            # A worker that cannot start (a broken install) stops make run here, rather
+            # than being restarted forever behind a "jobrunner is up".
+            launcher.wait_api_ready(60, watching=launcher.processes)
         except LaunchError as exc:
             raise SystemExit(str(exc)) from None
         print(f"\njobrunner is up at {launcher.api_url}   (Ctrl-C stops everything)")
