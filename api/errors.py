@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from flask import Flask, Response, json
@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+T = TypeVar("T")
 
 
 class FieldError(BaseModel):
@@ -59,6 +60,13 @@ class Problem(Exception):
         return Response(
             json.dumps(payload), self.status, mimetype=PROBLEM_JSON, headers=self.headers
         )
+
+
+def found(value: T | None, detail: str) -> T:
+    """`value`, or a 404 problem saying what was not found (`detail`)."""
+    if value is None:
+        raise Problem(404, "Not Found", detail)
+    return value
 
 
 def broker_problem() -> Problem:

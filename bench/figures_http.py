@@ -63,16 +63,10 @@ def bench_http_post(b: Bench) -> None:
     seconds = 5 if b.quick else 10
     flower_url = f"http://127.0.0.1:{port}/api/task/async-apply/stock.noop"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.post(flower_url, json={"args": []}, timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"flower did not start; see {b.workdir}/flower.log")
-            time.sleep(0.3)
+        b.stack.wait_until(
+            lambda: requests.post(flower_url, json={"args": []}, timeout=2).ok,
+            60, "flower did not start", [flower], every=0.3,
+        )  # fmt: skip
         jr_headers = {"Authorization": str(b.stack.http.headers["Authorization"])}
         jr_body = json.dumps({"workload": "noop", "params": {}, "pool": "threads"})
         for rep in range(b.reps):

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from spectree import Response as SpecResponse
 
 from api.context import api_context
-from api.errors import FieldError, Problem, problem_responses, validation_problem
+from api.errors import FieldError, Problem, found, problem_responses, validation_problem
 from api.models import (
     CompareQuery,
     Comparison,
@@ -35,10 +35,7 @@ def experiment_store() -> ExperimentStore:
 
 
 def find_experiment(experiment_id: str) -> Experiment:
-    experiment = experiment_store().get(experiment_id)
-    if experiment is None:
-        raise Problem(404, "Not Found", f"no experiment {experiment_id!r}")
-    return experiment
+    return found(experiment_store().get(experiment_id), f"no experiment {experiment_id!r}")
 
 
 @blueprint.post("/experiments")

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from spectree import Response as SpecResponse
 
 from api.context import api_context
-from api.errors import Problem, broker_problem, problem_responses, validation_problem
+from api.errors import Problem, broker_problem, found, problem_responses, validation_problem
 from api.models import JobListQuery, JobPage, JobSubmission
 from api.openapi import spec
 from api.responses import record_response
@@ -22,10 +22,8 @@ blueprint = Blueprint("jobs", __name__)
 
 
 def find_job(job_id: str) -> JobRecord:
-    record = api_context().store.get(job_id)
-    if record is None:
-        raise Problem(404, "Not Found", f"no job {job_id!r} (unknown, or expired after its TTL)")
-    return record
+    detail = f"no job {job_id!r} (unknown, or expired after its TTL)"
+    return found(api_context().store.get(job_id), detail)
 
 
 @blueprint.post("/jobs")

@@ -193,23 +193,42 @@ class Launcher:
             host = "127.0.0.1"  # bound to every address: loopback is one of them
         return f"http://{host}:{port}"
 
+    def wait_until(
+        self,
+        ready: Callable[[], bool],
+        timeout: float,
+        failure: str,
+        watching: list[ManagedProcess],
+        every: float = 0.2,
+    ) -> None:
+        """Until `ready()` is true (an exception from it means not yet); LaunchError with
+        `failure` after `timeout` seconds, or with its log as soon as one of `watching`
+        exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive(watching)
+            try:
+                if ready():
+                    return
+            except Exception:  # not up yet: a refused connection, Redis still starting
+                pass
+            if time.monotonic() > deadline:
+                raise LaunchError(f"{failure} within {timeout:.0f}s; logs in {self.folder}")
+            time.sleep(every)
+
     def wait_api_ready(
         self, timeout: float = 60.0, watching: list[ManagedProcess] | None = None
     ) -> None:
         """Until GET /readyz answers 200 (the API is up and reaches Redis); LaunchError
         if the API, or any of `watching`, exits meanwhile."""
         assert self.api is not None, "no API started"
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive([self.api, *(watching or [])])
-            try:
-                if requests.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise LaunchError(f"the API was not ready at {self.api_url} within {timeout:.0f}s")
-            time.sleep(0.2)
+        url = f"{self.api_url}/readyz"
+        self.wait_until(
+            lambda: requests.get(url, timeout=2).status_code == 200,
+            timeout,
+            f"the API was not ready at {self.api_url}",
+            [self.api, *(watching or [])],
+        )
 
     def wait_workers_ready(
         self,
@@ -223,23 +242,15 @@ class Launcher:
         How to ask is the caller's: over HTTP (services/devstack/probes.py) for a client,
         through Celery for the tests.
         """
-        deadline = time.monotonic() + timeout
         waited_for = [w for w in self.workers if w.alive() and (pools is None or w.pool in pools)]
         expected = {w.node for w in waited_for}
-        while True:
-            self.check_alive(waited_for)
-            try:
-                answered = live_nodes()
-            except Exception:  # not up yet: Redis or the API still starting
-                answered = set()
-            if expected <= answered:
-                return
-            if time.monotonic() > deadline:
-                raise LaunchError(
-                    f"workers {sorted(expected - answered)} did not answer within "
-                    f"{timeout:.0f}s; logs in {self.folder}"
-                )
-            time.sleep(0.3)
+        self.wait_until(
+            lambda: expected <= live_nodes(),
+            timeout,
+            f"workers {sorted(expected)} did not all answer",
+            waited_for,
+            every=0.3,
+        )
 
     @staticmethod
     def check_alive(starting: list[ManagedProcess]) -> None:
