@@ -21,7 +21,8 @@ from services.core import redis_keys
 from services.core.api_keys import hash_key, new_key
 from services.core.redis_clients import redis_client
 from services.core.settings import Settings
-from services.devstack.launcher import Launcher, ManagedProcess
+from services.devstack.launcher import Launcher
+from services.devstack.processes import ManagedProcess
 from services.devstack.redis_server import free_port
 from services.jobs.store import JobStore
 from services.jobs.submission import JobSpec, submit_jobs

@@ -22,7 +22,8 @@ from services.core.api_keys import hash_key
 from services.core.redis_clients import redis_client
 from services.core.settings import Settings
 from services.core.vocabulary import FINAL_JOB_STATES
-from services.devstack.launcher import Launcher, ManagedProcess
+from services.devstack.launcher import Launcher
+from services.devstack.processes import ManagedProcess
 from services.devstack.redis_server import free_port
 
 FINAL = {str(state) for state in FINAL_JOB_STATES}
