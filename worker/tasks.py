@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ import redis
 from celery import Task
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Reject, TimeLimitExceeded
-from celery.signals import task_failure, task_received
+from celery.signals import celeryd_after_setup, task_failure, task_received, worker_process_init
 from gevent import monkey as gevent_monkey
 
 from services.broker.celery_app import RUN_JOB_TASK, get_celery
@@ -29,8 +30,8 @@ from services.core.redis_clients import redis_client
 from services.core.settings import get_settings
 from services.core.vocabulary import JobState
 from services.jobs.record import JobError, JobRecord
-from services.jobs.store import JobStore
-from worker.leases import LeaseKeeper
+from services.jobs.store import JobStore, Transition
+from worker.leases import Lease, LeaseKeeper
 
 log = logging.getLogger(__name__)
 # True in a gevent worker: `celery worker -P gevent` patches the standard library first.
@@ -74,9 +75,36 @@ def job_store() -> JobStore:
     return JobStore(client, settings.job_result_ttl)
 
 
+# This worker's Celery node name, in its main process (set once it is known).
+NODE_NAME: str | None = None
+
+
+@celeryd_after_setup.connect
+def _remember_node_name(sender: str | None = None, **_: Any) -> None:
+    global NODE_NAME
+    NODE_NAME = sender
+
+
+def _end_this_process(lease: Lease) -> None:
+    """A prefork pool process whose run lost its job stops at once: another attempt has,
+    or may soon have, taken the job over. Its worker starts a new pool process, and
+    Celery hands the message back (task_reject_on_worker_lost); a claim of it finds the
+    job held by the new attempt, or ended."""
+    log.error("job %s: lease lost; ending pool process %d", lease.job_id, os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 # A lease as long as the visibility timeout: a redelivery after a lost worker arrives
-# about then, and by then the dead worker's lease has lapsed.
+# about then, and by then the dead worker's lease has lapsed. Threads and greenlets
+# cannot be stopped from outside; their late writes are fenced instead.
 leases = LeaseKeeper(job_store, float(get_settings().job_visibility_timeout))
+
+
+@worker_process_init.connect
+def _stop_runs_that_lose_their_lease(**_: Any) -> None:
+    # Sent in each prefork pool process as it starts: only there can a run be stopped.
+    leases.on_lost = _end_this_process
+
 
 # A bound on the wait before a retry. The worker holds the retry's message unacknowledged
 # while it counts down, and Redis delivers a message held past the visibility timeout
@@ -117,6 +145,7 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
     store = job_store()
     # `takeover`: a redelivery that found the job's lease still valid and came back later.
     redelivered = takeover or bool((self.request.delivery_info or {}).get("redelivered"))
+    claimed_at = time.monotonic()
     claimed = patiently(
         lambda: store.transition(
             job_id,
@@ -126,7 +155,6 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
             JobState.running,
             fields={
                 "received_at": getattr(self.request, RECEIVED_AT, None),
-                "lease_until": time.time() + leases.lease_seconds,
                 "started_at": time.time(),
                 "worker_host": HOSTNAME,
                 "worker_node": self.request.hostname or "",
@@ -137,13 +165,13 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
             },
             count_attempt=True,
             return_record=True,
+            lease_seconds=leases.lease_seconds,  # from Redis's clock, not this host's
         )
     )
     if claimed is None:
         log.warning("job %s has no record (expired or never accepted); skipped", job_id)
         return
-    moved, previous = claimed[0], claimed[1]
-    if not moved and redelivered and previous == JobState.running:
+    if not claimed.moved and redelivered and claimed.previous == JobState.running:
         # Its worker may be alive (a duplicate) or dead with a lease not yet lapsed: look
         # again later. Once the job ends, that later look finds it final and stops.
         raise self.retry(
@@ -152,12 +180,15 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
             countdown=leases.lease_seconds / 2,
             max_retries=None,
         )
-    if not moved:
+    if not claimed.moved:
         # Cancelled while queued, or finished by an earlier delivery: never run twice.
-        log.info("job %s is %s; not run", job_id, previous)
+        log.info("job %s is %s; not run", job_id, claimed.previous)
         return
-    record = claimed[2]
-    leases.hold(job_id)
+    record = claimed.record
+    assert record is not None  # asked for with return_record
+    # The attempt number the claim got is this run's fence: every later write of the run
+    # names it, and is refused once another attempt holds the job.
+    leases.hold(job_id, record.attempts, claimed_at)
     try:
         run_claimed(self, store, record)
     finally:
@@ -189,10 +220,16 @@ def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
             # The record lives its TTL again from now, and says when the retry's message
             # is due: until then and a visibility timeout after, the reconciler leaves
             # the job alone (it is queued, but its message waits in this worker).
-            fields = {**common, "error": error, "dispatched_at": time.time() + delay}
-            patiently(lambda: store.transition(
-                job_id, {JobState.running}, JobState.queued, fields=fields, refresh_ttl=True
+            fields = {**common, "error": error}
+            retried = patiently(lambda: store.transition(
+                job_id, {JobState.running}, JobState.queued, fields=fields, refresh_ttl=True,
+                fence=record.attempts, dispatch_in=delay,
             ))  # fmt: skip
+            if retried is None or not retried.moved:
+                # Another attempt holds the job now (or it was cancelled): its retries
+                # are that attempt's to make.
+                log_refused(record, retried)
+                return
             # A new message for the same job; this delivery is acknowledged.
             raise self.retry(countdown=delay, max_retries=None) from exc
         final = JobState.failed
@@ -201,7 +238,26 @@ def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
         final = JobState.succeeded
         fields = {"result": result, "cpu_seconds": cpu_since(cpu_started)}
     fields["finished_at"] = time.time()
-    patiently(lambda: store.transition(job_id, {JobState.running}, final, fields=fields))
+    ended = patiently(
+        lambda: store.transition(
+            job_id, {JobState.running}, final, fields=fields, fence=record.attempts
+        )
+    )
+    if ended is None or not ended.moved:
+        log_refused(record, ended)
+
+
+def log_refused(record: JobRecord, answer: Transition | None) -> None:
+    """A run's outcome that was not recorded: refused because another attempt took the
+    job over (counted in the record's refused_writes), or the job ended otherwise."""
+    if answer is not None and answer.refused:
+        log.warning(
+            "job %s: the outcome of attempt %d was refused; another attempt holds the job",
+            record.id, record.attempts,
+        )  # fmt: skip
+    else:
+        log.info("job %s: outcome not recorded; the job is %s", record.id,
+                 answer.previous if answer else "gone")  # fmt: skip
 
 
 def cpu_since(started: float) -> float | None:
@@ -239,8 +295,13 @@ def _record_time_limit(
         return
     job_id = args[0]
     store = job_store()
+    record = patiently(lambda: store.get(job_id))
+    # Only if the killed run is the one holding the job: this worker's, under this task's
+    # message. Its attempt number then fences the write against a takeover since.
+    if record is None or record.worker_node != NODE_NAME or record.state != JobState.running:
+        return
     error = JobError(type="time_limit", message=f"killed after its time limit ({exception}s)")
     patiently(lambda: store.transition(
         job_id, {JobState.running}, JobState.failed,
-        fields={"error": error, "finished_at": time.time()},
+        fields={"error": error, "finished_at": time.time()}, fence=record.attempts,
     ))  # fmt: skip

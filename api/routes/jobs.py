@@ -130,12 +130,14 @@ def cancel_job(job_id: str) -> Response:
     answer = ctx.store.transition(job_id, {JobState.queued}, JobState.cancelled)
     if answer is None:
         raise Problem(404, "Not Found", f"no job {job_id!r}")
-    moved, previous = answer
+    moved, previous = answer.moved, answer.previous
     if not moved and previous == JobState.running:
         if POOLS[record.pool].terminate_running:
             # Read while the job still runs: once cancelled, a retry may record a new id.
             task_id = ctx.store.task_id(job_id)
-            moved, previous = ctx.store.transition(job_id, {JobState.running}, JobState.cancelled)
+            stopped = ctx.store.transition(job_id, {JobState.running}, JobState.cancelled)
+            moved = stopped is not None and stopped.moved
+            previous = stopped.previous if stopped is not None else previous
             if moved:
                 # SIGUSR1 raises Celery's SoftTimeLimitExceeded inside the job, which then
                 # ends like any failing job and its message is acknowledged. SIGTERM would

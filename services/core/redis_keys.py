@@ -42,3 +42,10 @@ def experiment_index() -> str:
 def reconcile_lock() -> str:
     """Held by the one worker that sweeps for lost jobs this interval (expires by itself)."""
     return f"{PREFIX}:reconcile-lock"
+
+
+def counters() -> str:
+    """Hash of counters across every job: `refused_writes`, the writes of runs that no
+    longer held their job (a worker cut off past its lease, whose late outcome was
+    refused)."""
+    return f"{PREFIX}:counters"

@@ -16,7 +16,6 @@ may claim it from `running`. A duplicate is harmless: the worker runs a job only
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 from celery import Celery
@@ -38,7 +37,9 @@ def requeue_lost_jobs(
 ) -> list[str]:
     """Re-send the messages of at most `batch` jobs lost `older_than` seconds ago (see
     the module's docstring), oldest first; their ids."""
-    now = time.time()
+    # Redis's clock: lease_until and dispatched_at were written by it (transition.lua),
+    # and this worker's clock may differ from theirs.
+    now = store.now()
     resent = []
     for job_id, state in lost_jobs(store, before=now - older_than):
         if len(resent) >= batch:

@@ -49,6 +49,11 @@ class JobRecord(BaseModel):
     attempt_errors: list[JobError] = Field(
         default_factory=list, description="The error of every failed attempt, oldest first."
     )
+    refused_writes: int = Field(
+        0,
+        description="Writes refused from runs that no longer held the job: the late "
+        "outcome of a worker cut off past its lease, after another attempt took over.",
+    )
 
 
 _JSON_FIELDS = ("params", "result", "error", "attempt_errors")

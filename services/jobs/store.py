@@ -11,6 +11,7 @@ both win a race (a cancel and a start, say).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -33,6 +34,20 @@ _SCRIPTS = resources.files(__package__)
 TRANSITION_SCRIPT = _SCRIPTS.joinpath("transition.lua").read_text()
 # Stores new records, indexes them and pushes their messages in one go (create.lua).
 CREATE_SCRIPT = _SCRIPTS.joinpath("create.lua").read_text()
+# Renews the leases a worker holds, only for the runs that still hold them (renew.lua).
+RENEW_SCRIPT = _SCRIPTS.joinpath("renew.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a transition did: whether the job moved, the state it was in, whether the
+    write was refused as a late run's (fencing), and the record after the move when
+    asked for."""
+
+    moved: bool
+    previous: JobState
+    refused: bool = False
+    record: JobRecord | None = None
 
 
 class JobStore:
@@ -43,6 +58,7 @@ class JobStore:
         self.ttl = ttl_seconds
         self._transition = client.register_script(TRANSITION_SCRIPT)
         self._create = client.register_script(CREATE_SCRIPT)
+        self._renew = client.register_script(RENEW_SCRIPT)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -117,44 +133,71 @@ class JobStore:
         count_attempt: bool = False,
         return_record: bool = False,
         refresh_ttl: bool = False,
-    ) -> tuple[bool, JobState] | tuple[bool, JobState, JobRecord] | None:
+        fence: int | None = None,
+        lease_seconds: float | None = None,
+        dispatch_in: float | None = None,
+    ) -> Transition | None:
         """Move a job to `to` if its state is in `allowed_from`; with `refresh_ttl`, the
         record is kept for the store's TTL from now (a job queued again).
 
-        Returns (moved, previous state), with the record after the move appended when
-        `return_record` and it moved; None when the record does not exist.
+        `fence` is the attempt number of the run that writes (its claim's): the write is
+        refused, and counted, once another attempt holds the job (transition.lua).
+        `lease_seconds` sets the lease from Redis's clock, `dispatch_in` sets
+        dispatched_at that far ahead of it (a retry's message, due then).
+
+        None when the record does not exist.
         """
-        args: list[Any] = [",".join(sorted(allowed_from)), job_id, str(to)]
         flags = (
             ("a" if count_attempt else "")
             + ("r" if return_record else "")
             + ("e" if refresh_ttl else "")
+            + ("l" if lease_seconds is not None else "")
+            + ("d" if dispatch_in is not None else "")
         )
-        args.extend([flags or "-", time.time(), self.ttl])
+        seconds = lease_seconds if lease_seconds is not None else dispatch_in
+        args: list[Any] = [
+            ",".join(sorted(allowed_from)), job_id, str(to), flags or "-", seconds or 0,
+            self.ttl, "" if fence is None else fence,
+        ]  # fmt: skip
         for name, value in (fields or {}).items():
             args.extend([name, field_value(name, value)])
-        answer = self._transition(
-            keys=[redis_keys.job(job_id), redis_keys.job_index("state", "")], args=args
-        )
+        keys = [redis_keys.job(job_id), redis_keys.job_index("state", ""), redis_keys.counters()]
+        answer = self._transition(keys=keys, args=args)
         if answer is None:
             return None
-        moved, previous = answer[0], JobState(as_text(answer[1]))
-        if len(answer) > 2:
-            flat = as_text(answer[2])
-            return (
-                bool(moved),
-                previous,
-                decode_record(dict(zip(flat[::2], flat[1::2], strict=True))),
-            )
-        return bool(moved), previous
+        record = None
+        if len(answer) > 3:
+            flat = as_text(answer[3])
+            record = decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return Transition(
+            moved=bool(answer[0]),
+            previous=JobState(as_text(answer[1])),
+            refused=bool(answer[2]),
+            record=record,
+        )
 
-    def renew_leases(self, job_ids: list[str], seconds: float) -> None:
-        """Tell takeovers these jobs' worker is alive for `seconds` more (one round trip)."""
-        until = str(time.time() + seconds)
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hset(redis_keys.job(job_id), "lease_until", until)
-        pipe.execute()
+    def renew_leases(self, held: dict[str, int], seconds: float) -> dict[str, str]:
+        """Extend, by `seconds` from Redis's clock, the lease of each job in `held` (job id
+        -> the attempt number its run holds), in one round trip. Returns the leases no
+        longer held, each with why: "taken" (another attempt holds the job) or "ended"
+        (the job left running under that attempt: its outcome, a cancel)."""
+        job_ids = list(held)
+        reply = self._renew(
+            keys=[redis_keys.job(job_id) for job_id in job_ids],
+            args=[seconds, *(held[job_id] for job_id in job_ids)],
+        )
+        lost = [as_text(item) for item in reply]
+        return {job_ids[int(lost[i]) - 1]: lost[i + 1] for i in range(0, len(lost), 2)}
+
+    def refused_writes(self) -> int:
+        """How many writes of runs that no longer held their job were refused, all jobs."""
+        return int(self.redis.hget(redis_keys.counters(), "refused_writes") or 0)
+
+    def now(self) -> float:
+        """Redis's clock, seconds since the epoch: the one every host compares leases and
+        dispatch times with."""
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1_000_000
 
     def set_fields(self, job_id: str, fields: dict[str, Any]) -> None:
         self.redis.hset(

@@ -145,12 +145,12 @@ def requeue_job(store: JobStore, celery: Celery, job_id: str) -> JobRecord | Non
         # dispatched_at: the reconciler counts a lost message from this dispatch, not
         # from the submission.
         fields={"finished_at": None, "started_at": None, "result": None, "error": None,
-                "cancel_requested": False, "attempt_errors": [], "task_id": task_id,
-                "dispatched_at": time.time()},
+                "cancel_requested": False, "attempt_errors": [], "task_id": task_id},
+        dispatch_in=0,
         refresh_ttl=True,  # a retry of an old job must not expire before it runs
     )  # fmt: skip
-    if answer is None or not answer[0]:
+    if answer is None or not answer.moved or answer.record is None:
         return None
-    record = answer[2]
+    record = answer.record
     send_job_message(celery, record, task_id)
     return record

@@ -4,20 +4,34 @@
 -- job's cost (the benchmark's commands per job), so the record is read once and written
 -- once.
 --
+-- Fencing: a worker's run writes only while it still holds the job. Its writes carry the
+-- attempt number its claim got (the fence); once another run took the job over (a new
+-- attempt) or the job ended, the write is refused and counted, never merged.
+--
+-- Times that decide between hosts (lease_until, dispatched_at) are Redis's own clock
+-- (TIME), so a worker whose clock runs ahead cannot keep a lease alive, or take one over,
+-- early.
+--
 -- KEYS[1]    the job's hash (redis_keys.job(id))
 -- KEYS[2]    the prefix of the per-state indexes (redis_keys.job_index("state", ""))
+-- KEYS[3]    the counters hash (redis_keys.counters()), for refused writes
 -- ARGV[1]    the states it may move from, comma separated
 -- ARGV[2]    the job id, as the indexes hold it
 -- ARGV[3]    the state it moves to
 -- ARGV[4]    flags, any of: 'a' count an attempt; 'r' return the record as it is after
 --            the move (saves the worker a round trip); 'e' start the record's TTL again,
---            so a job sent once more (a retry) cannot expire before it runs; '-' none
--- ARGV[5]    the time now, seconds since the epoch (compared with lease_until)
+--            so a job sent once more (a retry) cannot expire before it runs; 'l' set
+--            lease_until to now + ARGV[5]; 'd' set dispatched_at to now + ARGV[5];
+--            '-' none
+-- ARGV[5]    seconds, for 'l' and 'd'
 -- ARGV[6]    the TTL in seconds, for 'e'
--- ARGV[7..]  field, value, field, value, ... to set with the move
+-- ARGV[7]    the fence: the attempt number the writing run holds, or '' for a write
+--            that is not a run's (a claim, a cancel)
+-- ARGV[8..]  field, value, field, value, ... to set with the move
 --
--- Returns {moved (1/0), previous state[, record as field, value, ...]}, or nil when the
--- record does not exist (expired, or never accepted).
+-- Returns {moved (1/0), previous state, refused (1/0)[, record as field, value, ...]},
+-- refused being 1 when a fenced write was turned down; nil when the record does not
+-- exist (expired, or never accepted).
 
 local rec = {}
 if string.find(ARGV[4], 'r') then
@@ -29,21 +43,38 @@ else
 end
 local state = rec['state']
 if not state then return false end
+local fence = ARGV[7]
+if fence ~= '' and (rec['attempts'] or '0') ~= fence then
+  -- A run that no longer holds the job (another attempt took it over): its outcome, or
+  -- its retry, is late.
+  redis.call('HINCRBY', KEYS[1], 'refused_writes', 1)
+  redis.call('HINCRBY', KEYS[3], 'refused_writes', 1)
+  return {0, state, 1}
+end
 local allowed = false
 for s in string.gmatch(ARGV[1], '[^,]+') do
   if s == state then allowed = true end
 end
-if not allowed then return {0, state} end
+-- (A run that still holds its attempt but finds the job cancelled ends quietly.)
+if not allowed then return {0, state, 0} end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local id, new_state = ARGV[2], ARGV[3]
 if state == 'running' and new_state == 'running' then
   -- Taking over a running job: only once the worker running it stopped renewing its lease.
-  if tonumber(rec['lease_until'] or '0') > tonumber(ARGV[5]) then return {0, state} end
+  if tonumber(rec['lease_until'] or '0') > now then return {0, state, 0} end
 end
 local sets = {'state', new_state}
 if string.find(ARGV[4], 'a') then
-  sets[3], sets[4] = 'attempts', tostring(tonumber(rec['attempts'] or '0') + 1)
+  sets[#sets + 1], sets[#sets + 2] = 'attempts', tostring(tonumber(rec['attempts'] or '0') + 1)
 end
-for i = 7, #ARGV do sets[#sets + 1] = ARGV[i] end
+if string.find(ARGV[4], 'l') then
+  sets[#sets + 1], sets[#sets + 2] = 'lease_until', tostring(now + tonumber(ARGV[5]))
+end
+if string.find(ARGV[4], 'd') then
+  sets[#sets + 1], sets[#sets + 2] = 'dispatched_at', tostring(now + tonumber(ARGV[5]))
+end
+for i = 8, #ARGV do sets[#sets + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(sets))
 if string.find(ARGV[4], 'e') then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
 if state ~= new_state then
@@ -54,6 +85,6 @@ if string.find(ARGV[4], 'r') then
   for i = 1, #sets, 2 do rec[sets[i]] = sets[i + 1] end
   local flat = {}
   for k, v in pairs(rec) do flat[#flat + 1] = k; flat[#flat + 1] = v end
-  return {1, state, flat}
+  return {1, state, 0, flat}
 end
-return {1, state}
+return {1, state, 0}
