@@ -27,7 +27,9 @@ def main() -> None:
     parser.add_argument("--loglevel", default=get_settings().worker_loglevel)
     args = parser.parse_args()
     pool = EXPERIMENTS if args.experiments else args.pool
-    argv = worker_command(pool, args.concurrency, args.name, args.loglevel)
+    # --concurrency, else WORKER_CONCURRENCY_<POOL>, else the pool's own default.
+    concurrency = args.concurrency or get_settings().worker_concurrency(pool)
+    argv = worker_command(pool, concurrency, args.name, args.loglevel)
     # SIGTERM (compose stop, the local runner, Kubernetes) starts Celery's soft shutdown:
     # running jobs get JOB_SHUTDOWN_GRACE seconds to finish, then the rest go back to
     # the queue. Celery's plain warm shutdown would wait for them without any limit.

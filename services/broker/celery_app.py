@@ -52,6 +52,15 @@ def celery_config(settings: Settings) -> dict[str, object]:
             # worker acknowledging 100 jobs at once ran out ("Couldn't ack ...
             # MaxConnectionsError") and dropped its consumer. Connections open on demand.
             "max_connections": 1_000,
+            # How soon a cut network is noticed (services/core/redis_clients.py has the
+            # same for every other client): a consumer's connection whose peer vanished
+            # otherwise waits for the kernel to give up on TCP (~27 s seen on the test
+            # bed after the link came back). Above the 1 s BRPOP wait, or every idle poll
+            # would time out.
+            "socket_timeout": settings.redis_socket_timeout,
+            "socket_connect_timeout": settings.redis_connect_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": settings.redis_health_check_interval,
         },
         "broker_connection_retry_on_startup": True,
         # The process's own logging setup (gunicorn's, the local runner's) stays as it is.

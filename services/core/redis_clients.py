@@ -1,12 +1,18 @@
-"""The one place jobrunner builds a Redis client (the broker's connections are kombu's).
+"""The one place jobrunner builds a Redis client (the broker's connections are kombu's,
+configured to match in services/broker/celery_app.py).
 
 The API, the workers' job stores and the lab all come through `redis_client`, so how a
-client connects — its timeouts, its pool, how it decodes — is decided here, once.
+client connects — its timeouts, its health checks, its pool, how it decodes — is decided
+here, once. Every client has a read timeout, a connect timeout and a health check: without
+them a connection whose peer vanished (a cut network, a host gone) blocks its caller until
+the kernel gives up on TCP, many seconds or never.
 """
 
 from __future__ import annotations
 
 import redis
+
+from services.core.settings import get_settings
 
 
 def redis_client(
@@ -19,27 +25,24 @@ def redis_client(
 ) -> redis.Redis:
     """A client of the Redis at `url` that answers `str`.
 
-    `timeout` bounds each reply and `connect_timeout` each connect (None: redis-py's own
-    default). With `max_connections`, the client's pool is bounded and
-    a caller past the bound waits up to `wait_for_connection` seconds for a connection
-    instead of failing: a gevent worker's hundreds of greenlets share a few dozen, each
-    held for one round trip.
+    `timeout` bounds each reply and `connect_timeout` each connect (None: REDIS_SOCKET_TIMEOUT
+    and REDIS_CONNECT_TIMEOUT); an idle connection is checked every
+    REDIS_HEALTH_CHECK_INTERVAL seconds before use. With `max_connections`, the client's
+    pool is bounded and a caller past the bound waits up to `wait_for_connection` seconds
+    for a connection instead of failing: a gevent worker's hundreds of greenlets share a
+    few dozen, each held for one round trip.
     """
+    settings = get_settings()
     options = {
-        name: value
-        for name, value in (
-            ("socket_timeout", timeout),
-            ("socket_connect_timeout", connect_timeout),
-        )
-        if value is not None
+        "decode_responses": True,
+        "socket_timeout": timeout or settings.redis_socket_timeout,
+        "socket_connect_timeout": connect_timeout or settings.redis_connect_timeout,
+        "socket_keepalive": True,
+        "health_check_interval": settings.redis_health_check_interval,
     }
     if max_connections is None:
-        return redis.Redis.from_url(url, decode_responses=True, **options)
+        return redis.Redis.from_url(url, **options)
     pool = redis.BlockingConnectionPool.from_url(
-        url,
-        decode_responses=True,
-        max_connections=max_connections,
-        timeout=wait_for_connection,
-        **options,
+        url, max_connections=max_connections, timeout=wait_for_connection, **options
     )
     return redis.Redis(connection_pool=pool)

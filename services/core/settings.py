@@ -16,11 +16,30 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # An empty variable means unset (compose passes `${VAR:-}` through as "").
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True
+    )
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Broker and job store. Unset, `make run` starts a Redis of its own.",
+    )
+    redis_socket_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds any Redis reply may take (broker, job store, API) before the "
+        "connection is given up and opened again: how soon a cut network is noticed. Above "
+        "the broker's 1 s BRPOP wait plus the round trip.",
+    )
+    redis_connect_timeout: float = Field(
+        2.0, gt=0, description="Seconds a connection to Redis may take to open."
+    )
+    redis_health_check_interval: int = Field(
+        10,
+        ge=0,
+        description="A connection idle this many seconds is checked with a PING before "
+        "use, so a connection the network dropped silently fails fast (0: never).",
     )
     job_result_ttl: int = Field(
         86_400, ge=60, description="Seconds a job record (and its result) is kept."
@@ -66,6 +85,15 @@ class Settings(BaseSettings):
     )
     api_port: int = Field(8000, ge=1, le=65_535, description="Port the API binds to.")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the API.")
+    worker_concurrency_threads: int | None = Field(
+        None, ge=1, description="Threads of each threads-pool worker (unset: 8)."
+    )
+    worker_concurrency_prefork: int | None = Field(
+        None, ge=1, description="Processes of each prefork worker (unset: the host's cores)."
+    )
+    worker_concurrency_gevent: int | None = Field(
+        None, ge=1, description="Greenlets of each gevent worker (unset: 100)."
+    )
     worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"] = Field(
         "INFO", description="Celery log level of `python -m worker`."
     )
@@ -113,6 +141,12 @@ class Settings(BaseSettings):
                 f"JOB_VISIBILITY_TIMEOUT ({self.job_visibility_timeout})"
             )
         return self
+
+    def worker_concurrency(self, pool: str) -> int | None:
+        """The configured concurrency of `pool`'s workers (WORKER_CONCURRENCY_<POOL>), or
+        None for the pool's own default (services/catalog/pools.py)."""
+        value = getattr(self, f"worker_concurrency_{pool}", None)
+        return value if isinstance(value, int) else None
 
 
 @lru_cache(maxsize=1)

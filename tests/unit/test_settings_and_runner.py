@@ -138,14 +138,17 @@ def test_every_setting_reaches_the_containers() -> None:
     assert not {k.lower() for k in env} - set(Settings.model_fields), "unknown variables"
 
 
-def test_compose_defaults_are_the_local_defaults() -> None:
+def test_compose_defaults_are_the_local_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for variable, value in compose_app_env().items():
         match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
         if variable in COMPOSE_OWN_DEFAULTS or match is None:
             continue
         assert match.group(1) == variable
         field = variable.lower()
-        from_compose = getattr(Settings(**{field: match.group(2)}), field)
+        # As a container reads it: from its environment (where "" means unset).
+        with monkeypatch.context() as env:
+            env.setenv(variable, match.group(2))
+            from_compose = getattr(Settings(), field)
         default = Settings.model_fields[field].get_default(call_default_factory=True)
         assert from_compose == default, variable
 
