@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -38,11 +40,17 @@ class Launcher:
     """The processes of one jobrunner stack on this machine, with their logs in `folder`.
 
     `overrides` are added to the environment every process gets (else this process's).
+    On a host of the test bed (services/devstack/netns.py), `command_prefix` is the way
+    into that host, put before every command; `host_name` is the host's name, in the
+    workers' node names; and `reach` runs the readiness checks from inside that host.
     """
 
     folder: Path
     overrides: dict[str, str] = field(default_factory=dict)
     base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    command_prefix: list[str] = field(default_factory=list)
+    host_name: str | None = None
+    reach: Callable[[Callable[[], Any]], Any] = field(default=lambda call: call())
     redis_server: RedisServer | None = None
     redis_url: str | None = None
     api: ManagedProcess | None = None
@@ -69,9 +77,14 @@ class Launcher:
 
     # -- Redis ---------------------------------------------------------------------------
 
-    def start_redis(self, fsync: str = "always") -> RedisServer:
-        """A private redis-server with its data in folder/redis."""
-        self.redis_server = RedisServer(self.folder / "redis", fsync=fsync).start()
+    def start_redis(
+        self, fsync: str = "always", bind: str = "127.0.0.1", port: int | None = None
+    ) -> RedisServer:
+        """A private redis-server with its data in folder/redis, listening on `bind`."""
+        self.redis_server = RedisServer(
+            self.folder / "redis", port=port, fsync=fsync, bind=bind,
+            command_prefix=self.command_prefix, reach=self.reach,
+        ).start()  # fmt: skip
         self.redis_url = self.redis_server.url
         return self.redis_server
 
@@ -87,7 +100,8 @@ class Launcher:
             env["API_HOST"] = host
         if port is not None:
             env["API_PORT"] = str(port)
-        return ManagedProcess("api", self.commands["api"], env, self.folder / "api.log")
+        argv = [*self.command_prefix, *self.commands["api"]]
+        return ManagedProcess("api", argv, env, self.folder / "api.log")
 
     def worker_process(
         self, pool: str, concurrency: int | None = None, host: str | None = None
@@ -96,8 +110,8 @@ class Launcher:
         container of it would be: `gevent-2@host`, numbered per pool from 1."""
         self._started_per_pool[pool] += 1
         name = f"{pool}-{self._started_per_pool[pool]}"
-        node = f"{name}@{host or socket.gethostname()}"
-        argv = [*self.commands[f"worker-{pool}"], "--name", node]
+        node = f"{name}@{host or self.host_name or socket.gethostname()}"
+        argv = [*self.command_prefix, *self.commands[f"worker-{pool}"], "--name", node]
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
         log_path = self.folder / f"{name}.log"
@@ -122,6 +136,7 @@ class Launcher:
     def start_program(self, name: str, argv: list[str]) -> ManagedProcess:
         """Any other program beside the stack, with its environment (a stock Celery worker,
         Flower): stopped with the rest."""
+        argv = [*self.command_prefix, *argv]
         return self.start(ManagedProcess(name, argv, self.env, self.folder / f"{name}.log"))
 
     # -- readiness -----------------------------------------------------------------------
@@ -134,7 +149,9 @@ class Launcher:
         host = self.api.env.get("API_HOST", defaults["api_host"].default)
         port = self.api.env.get("API_PORT", defaults["api_port"].default)
         if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"  # bound to every address: loopback is one of them
+            # Bound to every address: say the one other hosts reach it on (the one on
+            # the route to Redis, the cluster's meeting point), not 0.0.0.0.
+            host = self.reach(lambda: outward_address(self.redis_url))
         return f"http://{host}:{port}"
 
     def wait_until(
@@ -152,7 +169,7 @@ class Launcher:
         while True:
             self.check_alive(watching)
             try:
-                if ready():
+                if self.reach(ready):
                     return
             except Exception:  # not up yet: a refused connection, Redis still starting
                 pass
@@ -243,3 +260,18 @@ class Launcher:
         self.api = None
         if self.redis_server is not None:
             self.redis_server.stop()
+
+
+def outward_address(redis_url: str | None) -> str:
+    """This host's address on the route toward Redis (toward any network if Redis is on
+    loopback), or 127.0.0.1 if it has no such route. A UDP connect only picks the route:
+    nothing is sent."""
+    target = urlsplit(redis_url or "").hostname or ""
+    if target in ("", "localhost") or target.startswith("127."):
+        target = "192.0.2.1"  # TEST-NET-1: never answers, but has the default route
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((target, 9))
+        except OSError:
+            return "127.0.0.1"
+        return probe.getsockname()[0]

@@ -10,7 +10,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -44,24 +46,35 @@ class RedisServer:
         port: int | None = None,
         password: str | None = None,
         fsync: str = "always",
+        bind: str = "127.0.0.1",
+        command_prefix: list[str] | None = None,
+        reach: Callable[[Callable[[], Any]], Any] | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.password = password
         self.fsync = fsync  # "everysec" for benchmarks: what compose runs
+        # Where it listens, and how it is started and reached when it runs on another
+        # host of the test bed (services/devstack/netns.py): the command is prefixed with
+        # the way into that host, and the readiness check runs from inside it.
+        self.bind = bind
+        self.command_prefix = command_prefix or []
+        self.reach = reach or (lambda call: call())
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "127.0.0.1") else self.bind
+        return f"redis://{auth}{host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
+            *self.command_prefix,
             redis_server_binary(),
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.bind,
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", self.fsync,
@@ -70,6 +83,10 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.bind != "127.0.0.1":
+            # Serving other hosts on purpose (a test bed's Redis host, behind its own
+            # network namespace): protected mode would refuse them without a password.
+            argv += ["--protected-mode", "no"]
         # A session of its own: Ctrl-C in a terminal signals the whole foreground process
         # group, and Redis must outlive the workers' shutdown, which hands their running
         # jobs back to the queue through it. Whoever started it stops it, last.
@@ -80,6 +97,9 @@ class RedisServer:
         return self
 
     def wait_ready(self, timeout: float) -> None:
+        self.reach(lambda: self._wait_ready(timeout))
+
+    def _wait_ready(self, timeout: float) -> None:
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:
