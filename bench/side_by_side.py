@@ -23,6 +23,7 @@ import redis
 
 from bench.figures_http import bench_http_post, bench_latency, bench_listing
 from bench.figures_queue import bench_batch, bench_cpu, bench_pools, bench_sleep
+from bench.figures_rtt import bench_rtt
 from bench.harness import Bench, BenchStack
 from bench.report import Row, chart, table
 
@@ -39,6 +40,7 @@ STEPS: dict[str, Callable[[Bench], None]] = {
     "latency": bench_latency,
     "cpu": bench_cpu,
     "listing": bench_listing,
+    "rtt": bench_rtt,
 }
 
 
