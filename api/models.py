@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter, creat
 from services.catalog.workloads import CATALOG, Workload, WorkloadName
 from services.core.vocabulary import JobState, PoolName, WorkloadKind
 from services.jobs.record import JobRecord
-from services.lab.experiments import Experiment
+from services.lab.experiments import Experiment, HostTopology
 
 # Jobs in one POST /jobs/batch.
 MAX_BATCH_JOBS = 1_000
@@ -117,7 +117,14 @@ class WorkloadList(BaseModel):
 class WorkerInfo(BaseModel):
     node: str
     concurrency: int | None
-    pid: int | None
+    pid: int | None = Field(None, description="As the worker's own host numbers it.")
+    host: str | None = Field(
+        None, description="Where the worker runs, as it says (None: it gave no report)."
+    )
+    cores: int | None = Field(None, description="That host's cores.")
+    rtt_ms_to_redis: float | None = Field(
+        None, description="The worker's median round trip to Redis, in ms."
+    )
 
 
 class PoolCapabilities(BaseModel):
@@ -159,10 +166,32 @@ class ComparisonRow(BaseModel):
     target: str
     throughput_per_s: dict[str, float | None] = Field(..., description="By experiment id.")
     ratio_last_to_first: float | None
+    latency_p50_s: dict[str, float | None] = Field(
+        default_factory=dict, description="By experiment id."
+    )
+    peak_rss_bytes: dict[str, int | None] = Field(
+        default_factory=dict, description="By experiment id."
+    )
+    efficiency: dict[str, float | None] = Field(
+        default_factory=dict, description="Against the ideal bound, by experiment id."
+    )
+
+
+class ComparisonRun(BaseModel):
+    """Which run is which: where each experiment ran, so that a local run and a cluster
+    run of the same workload are told apart."""
+
+    id: str
+    workload: str
+    params: dict[str, Any]
+    count: int
+    where: str = Field(..., description="Its hosts in a line, with cores and RTT to Redis.")
+    hosts: list[HostTopology]
 
 
 class Comparison(BaseModel):
     experiments: list[Experiment]
+    runs: list[ComparisonRun] = Field(default_factory=list, description="In the order asked.")
     rows: list[ComparisonRow]
 
 

@@ -10,4 +10,5 @@ app.conf.worker_soft_shutdown_timeout = get_settings().job_shutdown_grace
 # Registers the task on `app`.
 import worker.experiments  # noqa: E402
 import worker.reconciler  # noqa: E402
+import worker.self_report  # noqa: E402  (its remote-control commands)
 import worker.tasks  # noqa: E402, F401

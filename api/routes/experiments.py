@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, request, url_for
@@ -14,6 +15,7 @@ from api.models import (
     CompareQuery,
     Comparison,
     ComparisonRow,
+    ComparisonRun,
     ExperimentList,
     ExperimentListQuery,
 )
@@ -24,7 +26,13 @@ from services.broker.celery_app import EXPERIMENT_QUEUE, RUN_EXPERIMENT_TASK
 from services.catalog.workloads import WorkloadError
 from services.lab.chart import render_comparison
 from services.lab.experiment_store import ExperimentStore
-from services.lab.experiments import Experiment, ExperimentRequest, validate_request
+from services.lab.experiments import (
+    Experiment,
+    ExperimentReport,
+    ExperimentRequest,
+    validate_request,
+)
+from services.lab.metrics import TargetReport
 
 blueprint = Blueprint("experiments", __name__)
 
@@ -98,8 +106,10 @@ def list_experiments() -> Response:
     tags=["lab"], skip_validation=True,
 )  # fmt: skip
 def compare_experiments() -> Response:
-    """Several finished experiments side by side (say, 1 worker and 4 workers per pool):
-    each target's throughput in each, and the ratio of the last to the first."""
+    """Several finished experiments side by side (say, 1 worker and 4 workers per pool, or
+    a local run and a cluster run of the same workload): where each ran (hosts, cores,
+    round trip to Redis), each target's figures in each, and the throughput ratio of the
+    last to the first."""
     try:
         query = CompareQuery.model_validate(request.args.to_dict())
     except ValidationError as exc:
@@ -111,21 +121,49 @@ def compare_experiments() -> Response:
     unfinished = [e.id for e in experiments if e.report is None]
     if unfinished:
         raise Problem(409, "Not finished", f"no report yet for {', '.join(unfinished)}")
+    reports = {e.id: e.report for e in experiments if e.report is not None}
+    runs = [comparison_run(experiment_id, report) for experiment_id, report in reports.items()]
     targets: list[str] = []
-    for experiment in experiments:
-        targets += [t.target for t in experiment.report.targets if t.target not in targets]
+    for report in reports.values():
+        targets += [t.target for t in report.targets if t.target not in targets]
     rows = []
     for target in targets:
-        values: dict[str, Any] = {}
-        for experiment in experiments:
-            found = next((t for t in experiment.report.targets if t.target == target), None)
-            values[experiment.id] = found.throughput_per_s if found else None
+        found = {
+            experiment_id: next((t for t in report.targets if t.target == target), None)
+            for experiment_id, report in reports.items()
+        }
+        values = by_experiment(found, lambda t: t.throughput_per_s)
         first, last = values[ids[0]], values[ids[-1]]
-        ratio = round(last / first, 3) if first and last else None
         rows.append(
-            ComparisonRow(target=target, throughput_per_s=values, ratio_last_to_first=ratio)
+            ComparisonRow(
+                target=target,
+                throughput_per_s=values,
+                ratio_last_to_first=round(last / first, 3) if first and last else None,
+                latency_p50_s=by_experiment(found, lambda t: t.latency_s.p50),
+                peak_rss_bytes=by_experiment(found, lambda t: t.peak_rss_bytes),
+                efficiency=by_experiment(found, lambda t: t.efficiency),
+            )
         )
-    return json_response(Comparison(experiments=experiments, rows=rows))
+    return json_response(Comparison(experiments=experiments, runs=runs, rows=rows))
+
+
+def comparison_run(experiment_id: str, report: ExperimentReport) -> ComparisonRun:
+    topology = report.topology
+    return ComparisonRun(
+        id=experiment_id,
+        workload=report.workload,
+        params=report.params,
+        count=report.count,
+        where=topology.where,
+        hosts=topology.hosts,
+    )
+
+
+def by_experiment(
+    found: dict[str, TargetReport | None], figure: Callable[[TargetReport], Any]
+) -> dict[str, Any]:
+    """One figure of a target in each experiment (None where it was not run)."""
+    return {i: figure(t) if t is not None else None for i, t in found.items()}
 
 
 @blueprint.get("/experiments/<experiment_id>")

@@ -1,4 +1,5 @@
-"""/pools: each pool, what it can enforce, and its live workers from Celery's inspection."""
+"""/pools: each pool, what it can enforce, and its live workers: which queue each consumes
+(Celery's inspection) and where it runs (host, node, pid), as each says of itself."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from api.errors import problem_responses
 from api.models import PoolCapabilities, PoolInfo, PoolList, WorkerInfo
 from api.openapi import spec
 from api.responses import json_response
-from services.broker.inspection import live_workers
+from services.broker.inspection import LiveWorker, live_workers
 from services.catalog.pools import POOLS
 
 blueprint = Blueprint("pools", __name__)
@@ -40,13 +41,21 @@ def list_pools() -> Response:
                     terminate_running=p.terminate_running,
                     memory_isolation=p.memory_isolation,
                 ),
-                workers=[
-                    WorkerInfo(node=w.node, concurrency=w.concurrency, pid=w.pid)
-                    for w in workers[p.name]
-                ],
+                workers=[worker_info(w) for w in workers[p.name]],
                 queued=redis.llen(p.queue),
             )
             for p in POOLS.values()
         ]
     )
     return json_response(body)
+
+
+def worker_info(worker: LiveWorker) -> WorkerInfo:
+    return WorkerInfo(
+        node=worker.node,
+        concurrency=worker.concurrency,
+        pid=worker.pid,
+        host=worker.host,
+        cores=worker.cores,
+        rtt_ms_to_redis=worker.rtt_ms_to_redis,
+    )

@@ -1,5 +1,7 @@
 """`jobrunner compare`: one workload on pools and local executors, drawn and explained;
-with --scale, swept over the number of worker processes per pool (services/cli/scale.py)."""
+with --scale, swept over the number of worker processes per pool (services/cli/scale.py).
+`jobrunner compare-runs`: finished experiments side by side, each with where it ran (a
+local run and a cluster run of the same workload, say)."""
 
 from __future__ import annotations
 
@@ -55,12 +57,23 @@ def run_with_progress(client: Client, body: dict[str, Any]) -> dict[str, Any]:
     return experiment
 
 
+def where(topology: dict[str, Any]) -> str:
+    """Where a report's run happened (the API says it in `where`; a report stored before
+    it did has its core count only)."""
+    return topology.get("where") or f"{topology['cores']} cores"
+
+
+def cpu_ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
 def report_table(report: dict[str, Any]) -> Table:
     table = Table(
         "target", "kind", "conc.", "procs", "makespan s", "jobs/s", "latency p50/p95/p99 s",
         "queue p50 s", "run p50 s", "CPU/job ms", "peak RSS MB", "errors", "ideal s",
         "efficiency",
         title=f"{report['workload']} x{report['count']} {report['params']}",
+        caption=f"on {where(report['topology'])}",
     )  # fmt: skip
     for t in report["targets"]:
         lat = t["latency_s"]
@@ -69,7 +82,7 @@ def report_table(report: dict[str, Any]) -> Table:
             f"{t['makespan_s']:.3f}", f"{t['throughput_per_s']:.1f}",
             f"{lat['p50']:.3f}/{lat['p95']:.3f}/{lat['p99']:.3f}",
             f"{t['queue_wait_s']['p50']:.3f}", f"{t['run_time_s']['p50']:.3f}",
-            f"{t['cpu_seconds_per_job'] * 1000:.1f}", format_mib(t.get("peak_rss_bytes")),
+            cpu_ms(t["cpu_seconds_per_job"]), format_mib(t.get("peak_rss_bytes")),
             str(t["errors"]), f"{t['ideal_makespan_s']:.3f}", f"{t['efficiency']:.0%}",
         )  # fmt: skip
     return table
@@ -80,7 +93,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# {report['workload']} x{report['count']} ({report['params']})",
         "",
-        f"{topology['cores']} cores, Python {topology['python']}, Celery {topology['celery']}, "
+        f"On {where(topology)}, Python {topology['python']}, Celery {topology['celery']}, "
         f"Redis {topology['redis_server']}, local concurrency {report['concurrency']}.",
         "",
         "| target | kind | concurrency | processes | makespan s | jobs/s | latency p50 s "
@@ -95,7 +108,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {t['target']} | {t['kind']} | {t['concurrency']} | {t.get('processes') or '-'} "
             f"| {t['makespan_s']:.3f} | {t['throughput_per_s']:.1f} | {lat['p50']:.3f} "
             f"| {lat['p95']:.3f} | {lat['p99']:.3f} | {t['queue_wait_s']['p50']:.3f} "
-            f"| {t['run_time_s']['p50']:.3f} | {t['cpu_seconds_per_job'] * 1000:.1f} "
+            f"| {t['run_time_s']['p50']:.3f} | {cpu_ms(t['cpu_seconds_per_job'])} "
             f"| {format_mib(t.get('peak_rss_bytes'))} | {t['errors']} "
             f"| {t['ideal_makespan_s']:.3f} | {t['efficiency']:.0%} |"
         )
@@ -158,5 +171,58 @@ def compare(
             console.print(f"  - {line}")
         if out:
             write_outputs(client, experiment, out)
+
+    run(go)
+
+
+def runs_table(comparison: dict[str, Any]) -> Table:
+    """One row per run: which is which, and where it ran."""
+    table = Table("run", "id", "workload", "jobs", "where it ran", title="runs")
+    for number, entry in enumerate(comparison["runs"], start=1):
+        params = ", ".join(f"{k}={v}" for k, v in entry["params"].items())
+        table.add_row(
+            str(number), entry["id"], f"{entry['workload']}({params})", str(entry["count"]),
+            entry["where"],
+        )  # fmt: skip
+    return table
+
+
+def comparison_table(comparison: dict[str, Any]) -> Table:
+    """Each target's figures in each run, the runs numbered as in runs_table."""
+    ids = [entry["id"] for entry in comparison["runs"]]
+    columns = [f"run {n}: {figure}" for n in range(1, len(ids) + 1) for figure in FIGURES]
+    table = Table("target", *columns, "jobs/s last/first", title="side by side")
+    for row in comparison["rows"]:
+        cells = []
+        for experiment_id in ids:
+            throughput = row["throughput_per_s"].get(experiment_id)
+            p50 = row.get("latency_p50_s", {}).get(experiment_id)
+            efficiency = row.get("efficiency", {}).get(experiment_id)
+            cells += [
+                "-" if throughput is None else f"{throughput:.1f}",
+                "-" if p50 is None else f"{p50:.3f}",
+                format_mib(row.get("peak_rss_bytes", {}).get(experiment_id)),
+                "-" if efficiency is None else f"{efficiency:.0%}",
+            ]
+        ratio = row["ratio_last_to_first"]
+        table.add_row(row["target"], *cells, "-" if ratio is None else f"{ratio:.2f}x")
+    return table
+
+
+FIGURES = ("jobs/s", "p50 s", "peak RSS MB", "efficiency")
+
+
+@app.command("compare-runs")
+def compare_runs(
+    ids: Annotated[list[str], typer.Argument(help="Two or more finished experiment ids.")],
+    api: ApiOption = None,
+) -> None:
+    """Finished experiments side by side, each with where it ran (GET /experiments/compare):
+    a local run and a cluster run of the same workload, or 1 and 4 workers per pool."""
+
+    def go() -> None:
+        comparison = Client(api).json("GET", "/experiments/compare", params={"ids": ",".join(ids)})
+        console.print(runs_table(comparison))
+        console.print(comparison_table(comparison))
 
     run(go)

@@ -28,8 +28,10 @@ def render_comparison(report: ExperimentReport, fmt: str = "svg") -> bytes:
     right.set_xlabel("makespan (s) and ideal bound - shorter is better")
     right.legend(loc="lower right", fontsize=8)
     params = ", ".join(f"{k}={v}" for k, v in report.params.items())
+    # Where it ran is part of the result: a local run and a cluster run of the same
+    # workload must not be told apart by their file names alone.
     figure.suptitle(
-        f"{report.workload}({params}) x{report.count} on {report.topology.cores} cores - "
+        f"{report.workload}({params}) x{report.count} on {report.topology.where}\n"
         f"blue: Celery pools, orange: local executors (concurrency {report.concurrency})",
         fontsize=10,
     )

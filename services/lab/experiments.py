@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from services.catalog.workloads import WorkloadName, get_workload
 from services.core.vocabulary import ExperimentState, PoolName, WorkloadKind
@@ -60,19 +60,50 @@ class TargetProgress(BaseModel):
 class WorkerTopology(BaseModel):
     node: str
     concurrency: int
-    pid: int | None = None
+    pid: int | None = Field(None, description="As the worker's own host numbers it.")
     max_rss_bytes: int | None = None
+    # Said by the worker itself; None in reports stored before it was recorded.
+    host: str | None = Field(None, description="The host name where the worker runs.")
+    cores: int | None = Field(None, description="That host's cores.")
+
+
+class HostTopology(BaseModel):
+    host: str
+    cores: int
+    rtt_ms_to_redis: float | None = Field(
+        None, description="Median round trip of a PING to Redis from there, in ms."
+    )
+    nodes: list[str] = Field(default_factory=list, description="The pools' workers that run there.")
 
 
 class Topology(BaseModel):
-    cores: int
-    host: str
+    cores: int = Field(..., description="The lab's host's, where local executors run.")
+    host: str = Field(..., description="The lab's host (the experiment worker's).")
     python: str
     celery: str
     redis_server: str | None
     workers: dict[str, list[WorkerTopology]] = Field(
         ..., description="Live workers per pool when the experiment started."
     )
+    hosts: list[HostTopology] = Field(
+        default_factory=list,
+        description="Every host that took part: the lab's, and those of the workers of the "
+        "pools it ran on, as each worker said. (Empty in reports stored before it was "
+        "recorded.)",
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def where(self) -> str:
+        """Where it ran, in a line: `box (2 cores, 0.09 ms to Redis)` for one host,
+        `3 hosts: …` for a cluster; in the JSON too, for clients that draw tables."""
+        hosts = self.hosts or [HostTopology(host=self.host, cores=self.cores)]
+        parts = []
+        for h in hosts:
+            lab = "lab, " if h.host == self.host and len(hosts) > 1 else ""
+            rtt = f", {h.rtt_ms_to_redis:g} ms to Redis" if h.rtt_ms_to_redis is not None else ""
+            parts.append(f"{h.host} ({lab}{h.cores} cores{rtt})")
+        return parts[0] if len(parts) == 1 else f"{len(parts)} hosts: " + ", ".join(parts)
 
 
 class ExperimentReport(BaseModel):

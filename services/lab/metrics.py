@@ -33,8 +33,10 @@ class TargetReport(BaseModel):
     latency_s: Percentiles = Field(..., description="Submission to finish.")
     queue_wait_s: Percentiles = Field(..., description="Submission to start.")
     run_time_s: Percentiles = Field(..., description="Start to finish.")
-    cpu_seconds_per_job: float = Field(
-        ..., description="The job's own CPU time; on gevent, the pool processes' CPU / jobs."
+    cpu_seconds_per_job: float | None = Field(
+        ...,
+        description="The job's own CPU time; on gevent, the pool processes' CPU / jobs "
+        "(None if a worker of the pool did not report its CPU).",
     )
     processes: int | None = Field(
         None,
@@ -45,7 +47,27 @@ class TargetReport(BaseModel):
         None,
         description="Peak during this target's run of the summed RSS of the processes that "
         "ran its jobs: the pool's workers with their children, or the lab process (with a "
-        "process pool's children). None when a worker of the pool runs on another host.",
+        "process pool's children). For a pool, each worker samples itself and the "
+        "workers' peaks are added up, wherever they run; None if one of them did not "
+        "report.",
+    )
+    pool_cpu_seconds: float | None = Field(
+        None,
+        description="CPU seconds (user + system) the pool's worker processes and their "
+        "children used during this target's run, as the workers measured themselves: "
+        "the jobs' own CPU and the job system's. None for a local executor, or if a "
+        "worker did not report.",
+    )
+    cores: int | None = Field(
+        None,
+        description="Cores of the hosts that ran it: the lab's for a local executor; for a "
+        "pool, those of its workers' hosts, each host counted once. (None in reports "
+        "stored before it was recorded.)",
+    )
+    usable_cores: int | None = Field(
+        None,
+        description="Cores it could keep busy at once, the CPU-bound ideal's divisor: on "
+        "each host the fewer of its cores and the target's concurrency there, summed.",
     )
     ideal_makespan_s: float
     efficiency: float = Field(..., description="ideal / makespan, in (0, 1]: for display.")
@@ -90,10 +112,24 @@ def ideal_makespan(
     I/O-bound: the waits overlap, `concurrency` at a time: ceil(count / concurrency)
     rounds of one job's duration. CPU-bound: the CPU work cannot run on more cores than
     there are, whatever the concurrency: count x CPU time / min(concurrency, cores).
+    For a pool over several hosts, `cores` is pool_usable_cores(…) of its hosts.
     """
     if kind == "io":
         return math.ceil(count / concurrency) * job_seconds
     return count * job_seconds / min(concurrency, cores)
+
+
+def pool_usable_cores(per_host: dict[str, tuple[int, int]]) -> int:
+    """The cores a pool can keep busy at once, from (its concurrency there, the host's
+    cores) per host.
+
+    Neither the lab's cores nor the hosts' summed cores: a CPU-bound job runs where its
+    slot is, so a host gives the pool no more cores than it has, and no more than the
+    pool's slots there can use. Two hosts of 2 cores each, with 2 prefork slots on each,
+    run 4 jobs at once; with 8 slots on one and 1 on the other, 3 (2 + 1), not
+    min(9, 4).
+    """
+    return sum(min(concurrency, cores) for concurrency, cores in per_host.values())
 
 
 def measure(
@@ -103,10 +139,15 @@ def measure(
     concurrency: int,
     ideal_s: float,
     peak_rss_bytes: int | None,
+    *,
+    cores: int | None = None,
+    usable_cores: int | None = None,
+    pool_cpu_seconds: float | None = None,
 ) -> TargetReport:
     makespan = max(t.finished_at for t in timings) - min(t.submitted_at for t in timings)
     makespan = max(makespan, 1e-9)
     raw = ideal_s / makespan if ideal_s > 0 else 1.0
+    cpu = [t.cpu_seconds for t in timings if t.cpu_seconds is not None]
     return TargetReport(
         target=target,
         kind=kind,
@@ -118,11 +159,12 @@ def measure(
         latency_s=percentiles([t.finished_at - t.submitted_at for t in timings]),
         queue_wait_s=percentiles([t.started_at - t.submitted_at for t in timings]),
         run_time_s=percentiles([t.finished_at - t.started_at for t in timings]),
-        cpu_seconds_per_job=round(
-            statistics.fmean(t.cpu_seconds for t in timings if t.cpu_seconds is not None), 6
-        ),
+        cpu_seconds_per_job=round(statistics.fmean(cpu), 6) if cpu else None,
         processes=len({t.pid for t in timings if t.pid is not None}) or None,
         peak_rss_bytes=peak_rss_bytes,
+        pool_cpu_seconds=pool_cpu_seconds,
+        cores=cores,
+        usable_cores=usable_cores,
         ideal_makespan_s=round(ideal_s, 6),
         # Clock granularity can put a tiny job a hair under its bound: the displayed
         # efficiency stays a fraction, the raw ratio shows by how much it was beaten.

@@ -1,8 +1,10 @@
 """The peak memory of a few processes over one span of time, sampled on a thread of its own.
 
-The lab wraps each target's run in one, so a target's peak RSS is that of the processes
-that ran its jobs, during its run. `ru_maxrss` cannot say that: it is one process's
-lifetime peak, so it misses a prefork pool's children and repeats a busier earlier run.
+The lab wraps each local target's run in one, and each worker runs one on itself while
+the lab measures its pool (worker/self_report.py), so a target's peak RSS is that of the
+processes that ran its jobs, during its run. `ru_maxrss` cannot say that: it is one
+process's lifetime peak, so it misses a prefork pool's children and repeats a busier
+earlier run.
 
 The figure is the sum of the processes' RSS, as `top` would add them up: pages a forked
 child still shares with its parent count once per process.
@@ -25,25 +27,41 @@ CHILDREN_EVERY_SECONDS = 0.25
 
 
 class PeakRss:
-    """`with PeakRss(pids, children=True) as meter: ...`, then `meter.peak_bytes`.
+    """`with PeakRss(pids, children=True) as meter: ...`, then `meter.peak_bytes`; or
+    `meter.start()` … `meter.stop()` where the span is not a block.
 
     `children`: count each process's descendants too (a prefork pool, a process pool).
     A process that is gone, or that this user may not read, counts as nothing.
+    `max_seconds`: the sampling ends by itself then, if nobody stopped it (a meter left
+    open by a client that went away must not sample forever).
     """
 
-    def __init__(self, pids: Iterable[int], children: bool) -> None:
+    def __init__(
+        self, pids: Iterable[int], children: bool, max_seconds: float | None = None
+    ) -> None:
         self.roots = [process for pid in pids if (process := _process(pid)) is not None]
         self.children = children
+        self.max_seconds = max_seconds
         self.members: list[psutil.Process] = list(self.roots)
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
-    def __enter__(self) -> PeakRss:
+    def start(self) -> PeakRss:
         self._refresh_members()
         self._sample()
         self._thread.start()
         return self
+
+    def stop(self) -> int:
+        """End the sampling; the peak, in bytes."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.peak_bytes
+
+    def __enter__(self) -> PeakRss:
+        return self.start()
 
     def __exit__(
         self,
@@ -51,13 +69,13 @@ class PeakRss:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
+        self.stop()
 
     def _sample_until_stopped(self) -> None:
-        refreshed = time.monotonic()
+        refreshed = started = time.monotonic()
         while not self._stop.wait(SAMPLE_EVERY_SECONDS):
+            if self.max_seconds is not None and time.monotonic() - started > self.max_seconds:
+                return
             if time.monotonic() - refreshed >= CHILDREN_EVERY_SECONDS:
                 self._refresh_members()
                 refreshed = time.monotonic()

@@ -13,14 +13,21 @@ import platform
 import socket
 import statistics
 import time
-from contextlib import nullcontext
+import uuid
 from dataclasses import replace
 from typing import Any
 
 import celery as celery_package
+import redis
 from celery import Celery
 
-from services.broker.inspection import live_workers, local_pid
+from services.broker.inspection import (
+    LiveWorker,
+    live_workers,
+    redis_rtt_ms,
+    start_measurement,
+    stop_measurement,
+)
 from services.catalog.workloads import get_workload
 from services.core import redis_keys
 from services.core.vocabulary import FINAL_JOB_STATES
@@ -28,8 +35,14 @@ from services.jobs.store import JobStore
 from services.jobs.submission import JobSpec, submit_jobs
 from services.lab.executors import run_local
 from services.lab.experiment_store import ExperimentStore
-from services.lab.experiments import Experiment, ExperimentReport, Topology, WorkerTopology
-from services.lab.metrics import JobTiming, ideal_makespan, measure
+from services.lab.experiments import (
+    Experiment,
+    ExperimentReport,
+    HostTopology,
+    Topology,
+    WorkerTopology,
+)
+from services.lab.metrics import JobTiming, ideal_makespan, measure, pool_usable_cores
 from services.lab.peak_rss import PeakRss
 from services.lab.verdict import verdict
 
@@ -42,24 +55,60 @@ class ExperimentFailed(Exception):
     """Said to the user as the experiment's error."""
 
 
-def topology(celery: Celery, redis_version: str | None) -> Topology:
+def topology(
+    celery: Celery, client: redis.Redis, redis_version: str | None, pools: list[str]
+) -> Topology:
+    """Who takes part, as each worker says of itself: the workers of every pool, and the
+    hosts of the lab and of the workers of `pools`, those the experiment runs on.
+    `client` is the lab's own connection to Redis, whose round trip is the lab host's."""
+    found = live_workers(celery)
     workers = {
         pool: [
             WorkerTopology(
-                node=w.node, concurrency=w.concurrency, pid=w.pid, max_rss_bytes=w.max_rss_bytes
+                node=w.node,
+                concurrency=w.concurrency,
+                pid=w.pid,
+                max_rss_bytes=w.max_rss_bytes,
+                host=w.host,
+                cores=w.cores,
             )
-            for w in found
+            for w in pool_workers
         ]
-        for pool, found in live_workers(celery).items()
+        for pool, pool_workers in found.items()
     }
+    here = HostTopology(
+        host=socket.gethostname(), cores=os.cpu_count() or 1, rtt_ms_to_redis=redis_rtt_ms(client)
+    )
     return Topology(
-        cores=os.cpu_count() or 1,
-        host=socket.gethostname(),
+        cores=here.cores,
+        host=here.host,
         python=platform.python_version(),
         celery=celery_package.__version__,
         redis_server=redis_version,
         workers=workers,
+        hosts=hosts_of([w for pool in pools for w in found[pool]], here),
     )
+
+
+def hosts_of(workers: list[LiveWorker], lab: HostTopology) -> list[HostTopology]:
+    """The lab's host, then each host the workers said they run on, by name, with the
+    median of their round trips to Redis (a worker that gave no report has no host)."""
+    by_host: dict[str, list[LiveWorker]] = {}
+    for worker in workers:
+        if worker.host is not None:
+            by_host.setdefault(worker.host, []).append(worker)
+    hosts = [] if lab.host in by_host else [lab]
+    for host, there in sorted(by_host.items(), key=lambda item: (item[0] != lab.host, item[0])):
+        rtts = [w.rtt_ms_to_redis for w in there if w.rtt_ms_to_redis is not None]
+        hosts.append(
+            HostTopology(
+                host=host,
+                cores=max(w.cores or 1 for w in there),
+                rtt_ms_to_redis=round(statistics.median(rtts), 3) if rtts else None,
+                nodes=sorted({w.node for w in there}),
+            )
+        )
+    return hosts
 
 
 class Progress:
@@ -159,32 +208,34 @@ def job_seconds(kind: str, params: dict[str, Any], timings: dict[str, list[JobTi
             statistics.median(t.finished_at - t.started_at for t in runs)
             for runs in timings.values()
         )
-    return min(
+    measured = [
         statistics.median(t.cpu_seconds for t in runs if t.cpu_seconds is not None)
         for runs in timings.values()
         if any(t.cpu_seconds is not None for t in runs)
-    )
-
-
-def pool_cpu_seconds(celery: Celery, nodes: list[str]) -> float:
-    """CPU seconds the worker processes have used so far (user + system), from Celery's
-    inspection: what a job costs where a job's own CPU cannot be told apart."""
-    stats = celery.control.inspect(timeout=1.0, destination=nodes).stats() or {}
-    return sum(s["rusage"]["utime"] + s["rusage"]["stime"] for s in stats.values())
-
-
-def pool_meter(workers: list[WorkerTopology]) -> PeakRss | None:
-    """A meter of the pool's worker processes and their children (prefork's pool), when
-    every one of them runs on this host; else None: a partial sum would be a wrong number."""
-    pids = [local_pid(w.node, w.pid) for w in workers]
-    if not pids or None in pids:
-        return None
-    return PeakRss([pid for pid in pids if pid is not None], children=True)
+    ]
+    if not measured:
+        raise ExperimentFailed(
+            "no target has a CPU time per job: gevent's comes from its workers' own "
+            "measurement, and a worker did not report it (is it of an older version?)"
+        )
+    return min(measured)
 
 
 def local_meter(executor: str) -> PeakRss:
     """Local executors run their jobs in this process, a process pool in its children."""
     return PeakRss([os.getpid()], children=executor == "processpool")
+
+
+def pool_cores(workers: list[WorkerTopology], lab_cores: int) -> tuple[int, int]:
+    """(the cores of the pool's hosts, the cores it can keep busy: pool_usable_cores).
+    A worker that did not say where it runs is taken as a host of its own with the
+    lab's cores, the only count known."""
+    per_host: dict[str, tuple[int, int]] = {}
+    for w in workers:
+        host = w.host or w.node
+        concurrency, cores = per_host.get(host, (0, w.cores or lab_cores))
+        per_host[host] = (concurrency + w.concurrency, cores)
+    return sum(cores for _, cores in per_host.values()), pool_usable_cores(per_host)
 
 
 def measure_pool(
@@ -194,18 +245,24 @@ def measure_pool(
     pool: str,
     workers: list[WorkerTopology],
     progress: Progress,
-) -> tuple[list[JobTiming], int | None]:
-    """One pool target: its jobs' timings, with the pool's CPU shared out where a job's
-    own cannot be told (greenlets), and the peak RSS of its workers over the run."""
+) -> tuple[list[JobTiming], int | None, float | None]:
+    """One pool target: its jobs' timings, the peak RSS and CPU seconds of its workers
+    over the run as they measured themselves (None unless every one of them did: a
+    partial sum would be a wrong number), with the pool's CPU shared out among the jobs
+    where a job's own cannot be told (greenlets)."""
     nodes = [w.node for w in workers]
-    cpu_before = pool_cpu_seconds(celery, nodes)
-    meter = pool_meter(workers)
-    with meter or nullcontext():
+    measurement = f"{experiment.id}:{pool}:{uuid.uuid4().hex[:8]}"
+    started = start_measurement(celery, nodes, measurement, TARGET_DEADLINE_SECONDS + 60)
+    try:
         timings = run_pool_target(jobs, celery, experiment, pool, progress)
-    if all(t.cpu_seconds is None for t in timings):
-        share = (pool_cpu_seconds(celery, nodes) - cpu_before) / len(timings)
-        timings = [replace(t, cpu_seconds=share) for t in timings]
-    return timings, meter.peak_bytes if meter else None
+    finally:
+        measured = stop_measurement(celery, list(started), measurement)
+    complete = set(measured) == set(nodes)
+    peak_rss = sum(m.peak_rss_bytes for m in measured.values()) if complete else None
+    cpu = round(sum(m.cpu_seconds for m in measured.values()), 6) if complete else None
+    if all(t.cpu_seconds is None for t in timings) and cpu is not None:
+        timings = [replace(t, cpu_seconds=cpu / len(timings)) for t in timings]
+    return timings, peak_rss, cpu
 
 
 def run_experiment(
@@ -220,25 +277,29 @@ def run_experiment(
     kind = get_workload(request.workload).kind
     try:
         redis_version = jobs.redis.info("server").get("redis_version")
-        topo = topology(celery, redis_version)
+        topo = topology(celery, jobs.redis, redis_version, request.pools)
         for pool in request.pools:
             if not topo.workers[pool]:
                 raise ExperimentFailed(f"no live worker serves pool {pool!r} (GET /pools)")
         timings: dict[str, list[JobTiming]] = {}
         concurrency: dict[str, int] = {}
         peak_rss: dict[str, int | None] = {}
+        pool_cpu: dict[str, float | None] = {}
+        cores: dict[str, tuple[int, int]] = {}
         for target_kind, name in request.targets:
             progress = Progress(experiments, experiment, name)
             if target_kind == "pool":
-                timings[name], peak_rss[name] = measure_pool(
+                timings[name], peak_rss[name], pool_cpu[name] = measure_pool(
                     jobs, celery, experiment, name, topo.workers[name], progress
                 )
                 concurrency[name] = sum(w.concurrency for w in topo.workers[name])
+                cores[name] = pool_cores(topo.workers[name], topo.cores)
             else:
                 with local_meter(name) as meter:
                     timings[name] = run_local_target(experiment, name, progress)
-                peak_rss[name] = meter.peak_bytes
+                peak_rss[name], pool_cpu[name] = meter.peak_bytes, None
                 concurrency[name] = 1 if name == "sequential" else request.concurrency
+                cores[name] = (topo.cores, min(concurrency[name], topo.cores))
         unit = job_seconds(kind, request.params, timings)
         targets = [
             measure(
@@ -246,8 +307,13 @@ def run_experiment(
                 target_kind,
                 timings[name],
                 concurrency[name],
-                ideal_makespan(kind, request.count, concurrency[name], unit, topo.cores),
+                # For a pool, the cores its hosts give it (pool_cores); for a local
+                # executor, the lab's.
+                ideal_makespan(kind, request.count, concurrency[name], unit, cores[name][1]),
                 peak_rss[name],
+                cores=cores[name][0],
+                usable_cores=cores[name][1],
+                pool_cpu_seconds=pool_cpu[name],
             )
             for target_kind, name in request.targets
         ]

@@ -16,9 +16,13 @@ def _fastest(targets: list[TargetReport], names: tuple[str, ...]) -> TargetRepor
 
 
 def _gil_lesson(workload: str, targets: list[TargetReport], cores: int) -> list[str]:
+    """Processes against threads or greenlets, on the cores the process target had: its
+    hosts' (a pool's workers may run elsewhere than the lab), else `cores`."""
     process, thread = _fastest(targets, PROCESS_LIKE), _fastest(targets, THREAD_LIKE)
     if not (process and thread):
         return []
+    cores = process.cores or cores
+    usable = process.usable_cores or min(process.concurrency, cores)
     ratio = thread.makespan_s / process.makespan_s
     lead = f"{workload}: {process.target}"
     if ratio >= 1.15:
@@ -39,7 +43,7 @@ def _gil_lesson(workload: str, targets: list[TargetReport], cores: int) -> list[
         return [f"{lead} - it ran one job at a time (concurrency 1)."]
     return [
         f"{lead}, reaching {process.efficiency:.0%} of its ideal with "
-        f"{min(process.concurrency, cores)} of {cores} cores to use - the cores were busy "
+        f"{usable} of {cores} cores to use - the cores were busy "
         "with other work, or each job is too short for a process to pay."
     ]
 

@@ -1,10 +1,8 @@
-"""Peak RSS of process trees over a span, and telling a local worker's pid from a remote
-one's: on real processes."""
+"""Peak RSS of process trees over a span, on real processes."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +11,6 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from services.broker.inspection import local_pid, node_names
 from services.lab.peak_rss import PeakRss
 
 MIB = 2**20
@@ -22,9 +19,8 @@ HOLD = "import time; block = b'x' * (64 * 2**20); time.sleep(60)"
 
 @pytest.fixture
 def holder() -> Iterator[subprocess.Popen[bytes]]:
-    """A child of this process holding 64 MiB, started as `celery worker --hostname`
-    would name its node."""
-    child = subprocess.Popen([sys.executable, "-c", HOLD, "--hostname", "holder-1@%h"])
+    """A child of this process holding 64 MiB."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD])
     try:
         deadline = time.monotonic() + 10
         while psutil.Process(child.pid).memory_info().rss < 64 * MIB:
@@ -57,13 +53,13 @@ def test_the_peak_is_kept_after_the_memory_is_freed() -> None:
     assert psutil.Process().memory_info().rss < meter.peak_bytes - 30 * MIB
 
 
-def test_a_worker_pid_counts_only_if_that_process_names_the_node(
-    holder: subprocess.Popen[bytes],
-) -> None:
-    here = socket.gethostname()
-    assert node_names(["celery", "worker", "--hostname", "gevent-1@%h"]) == {f"gevent-1@{here}"}
-    assert local_pid(f"holder-1@{here}", holder.pid) == holder.pid
-    # The same pid reported by a worker on another host is some other process here.
-    assert local_pid("holder-1@elsewhere", holder.pid) is None
-    assert local_pid(f"holder-1@{here}", os.getpid()) is None
-    assert local_pid(f"holder-1@{here}", None) is None
+def test_a_meter_left_open_stops_sampling_by_itself() -> None:
+    """A worker's meter that the lab never closed (worker/self_report.py) ends at
+    max_seconds: memory taken after that is not seen."""
+    meter = PeakRss([os.getpid()], children=False, max_seconds=0.1).start()
+    time.sleep(0.3)
+    block = b"x" * (64 * MIB)
+    time.sleep(0.1)
+    assert meter.peak_bytes < psutil.Process().memory_info().rss - 30 * MIB
+    del block
+    meter.stop()

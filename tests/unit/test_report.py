@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.lab.metrics import JobTiming, ideal_makespan, measure, percentile
+from services.lab.metrics import JobTiming, ideal_makespan, measure, percentile, pool_usable_cores
 from services.lab.verdict import verdict
 
 
@@ -29,6 +29,14 @@ def test_ideal_makespan(
     kind: str, count: int, concurrency: int, seconds: float, cores: int, expected: float
 ) -> None:
     assert ideal_makespan(kind, count, concurrency, seconds, cores) == pytest.approx(expected)
+
+
+def test_a_pool_over_hosts_uses_each_hosts_cores_up_to_its_slots_there() -> None:
+    # 2 prefork slots on each of two 2-core hosts: 4 jobs at once, though the lab has 2.
+    assert pool_usable_cores({"w1": (2, 2), "w2": (2, 2)}) == 4
+    # 8 slots on a 2-core host and 1 on a 16-core one: 2 + 1, not min(9, 18).
+    assert pool_usable_cores({"w1": (8, 2), "w2": (1, 16)}) == 3
+    assert ideal_makespan("cpu", 8, 4, 0.5, pool_usable_cores({"a": (2, 2), "b": (2, 2)})) == 1.0
 
 
 def timings(starts: list[float], run: float) -> list[JobTiming]:
@@ -78,6 +86,20 @@ def test_verdict_when_processes_do_not_win_says_what_the_numbers_show() -> None:
     (two_cores,) = verdict("cpu_hash", "cpu", 4, [threads, prefork], cores=2)[1:]
     assert "50% of its ideal with 2 of 2 cores" in two_cores
     assert "second core" not in two_cores
+
+
+def test_verdict_speaks_of_the_cores_the_pool_had_not_the_labs() -> None:
+    threads = measure("threads", "pool", timings([0, 0.1, 0.2, 0.3], 0.1), 8, 0.2, None)
+    prefork = measure(
+        "prefork", "pool", timings([0, 0, 0.1, 0.1], 0.1), 4, 0.1, None, cores=4, usable_cores=4
+    )
+    lines = verdict("cpu_hash", "cpu", 4, [threads, prefork], cores=2)
+    assert any("prefork 2.0x faster than threads on 4 cores" in line for line in lines)
+    slow = measure(
+        "prefork", "pool", timings([0, 0.1, 0.2, 0.3], 0.1), 4, 0.1, None, cores=4, usable_cores=3
+    )
+    (line,) = verdict("cpu_hash", "cpu", 4, [threads, slow], cores=2)[1:]
+    assert "with 3 of 4 cores to use" in line
 
 
 def test_verdict_for_io_reports_efficiency_of_each() -> None:
