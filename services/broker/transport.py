@@ -11,16 +11,18 @@ both use it through `broker_transport`.
    `redis.Redis` over a connection pool is safe to share between threads and greenlets,
    so a channel keeps one, made again whenever kombu replaces the pool (after a lost
    connection).
-2. As many messages per round trip as the worker has room for. A BRPOP brings one
-   message, yet a busy worker has several slots free when it sends one (hundreds, for a
-   gevent worker). After a BRPOP that found the queue non-empty the channel takes up to
-   its free room in one script (`take.lua`) that also records the messages as unacked, as
-   kombu would, but atomically (kombu pops, then records). The unacked bookkeeping itself
-   is services/broker/qos.py. "Found the queue non-empty" is judged against the round
-   trip the channel measures on its own takes: a BRPOP answered within about one round
-   trip did not wait for its message, whatever the network's latency. (A fixed 2 ms
-   bound kept a worker 2 ms from Redis at one message per round trip: 12 % of its
-   throughput on loopback.)
+2. As many messages per round trip as the worker has room for, without waiting for them.
+   A BRPOP brings one message, yet a busy worker has several slots free when it asks
+   (hundreds, for a gevent worker). Once a BRPOP found the queue non-empty, the channel
+   asks next with a take of all its free room (`take.lua`, which also records the
+   messages as unacked, as kombu would, but atomically: kombu pops, then records), sent
+   on the consumer's connection like a BRPOP, so the loop keeps dispatching and
+   acknowledging while it travels; and again while takes come back full. The unacked
+   bookkeeping itself is services/broker/qos.py. "Found the queue non-empty" is judged
+   against the round trip the channel measures on its own takes: a BRPOP answered within
+   about one round trip did not wait for its message, whatever the network's latency. (A
+   fixed 2 ms bound, and takes that blocked the loop for a round trip, kept a worker 2 ms
+   from Redis at 12 % of its loopback throughput: docs/cluster.md.)
 3. A full gevent worker asks again within FULL_POLL_SECONDS of a job ending, not after
    Celery's 2 s poll (`drain_events`).
 
@@ -37,6 +39,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from queue import Empty
 from typing import Any
 
 import redis
@@ -70,7 +73,11 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._take: Any = None  # take.lua, registered on first use
+        self._take_sha: str | None = None  # take.lua, loaded on first use
+        # Whether the last look found the queue holding more than it gave (see
+        # _brpop_start), and the room and acknowledgements of a take in flight.
+        self._queue_busy = False
+        self._pending_take: tuple[int, list[str]] | None = None
         # How long recent takes took, seconds: the shortest is the round trip to Redis.
         self._round_trips: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
         # Queues whose consumer acknowledges: only their messages are recorded as unacked
@@ -101,18 +108,25 @@ class Channel(kombu_redis.Channel):
         self._collected.append((key, dumps(message)))
         return None
 
+    def _brpop_start(self, timeout: Any = None) -> Any:
+        # While the queue is known to hold messages, the loop's next question is a take of
+        # all the room there is, sent on the consumer's connection like a BRPOP: the loop
+        # goes on (dispatching, acknowledging) while it travels, and its answer is read
+        # where a BRPOP's would be. A BRPOP, which brings one message, only when the
+        # queue may be empty.
+        if self._queue_busy and not (self._closing or self.closed) and self._send_take():
+            return None
+        return super()._brpop_start(timeout)
+
     def _brpop_read(self, **options: Any) -> Any:
+        if self._pending_take is not None:
+            return self._read_take(**options)
         waited = time.monotonic() - (getattr(self, "_brpop_sent_at", None) or 0.0)
         delivered = super()._brpop_read(**options)  # raises Empty when nothing came
-        # A BRPOP that waited found the queue empty: its message came alone, and a take
-        # would cost a round trip (and a single job's latency) to find nothing. A
-        # closing channel reads its last BRPOP here too, and must take no more.
-        if waited < self.round_trip() + TAKE_AFTER_WAITING_UNDER and not (
-            self._closing or self.closed
-        ):
-            # Until the room is full or the queue empty: TAKE_AT_MOST per round trip.
-            while self._take_more() == TAKE_AT_MOST:
-                pass
+        # Answered within about a round trip: the BRPOP did not wait, the queue held
+        # messages, and more are probably behind this one. Answered later: it waited on
+        # an empty queue, its message came alone, and a take would find nothing.
+        self._queue_busy = waited < self.round_trip() + TAKE_AFTER_WAITING_UNDER
         return delivered
 
     def round_trip(self) -> float:
@@ -120,47 +134,81 @@ class Channel(kombu_redis.Channel):
         (infinite) before the first take, so the first BRPOP is followed by one."""
         return min(self._round_trips, default=float("inf"))
 
-    def _take_more(self) -> int:
-        """After a BRPOP found the queue non-empty: as many more messages as the prefetch
-        leaves room for (at most TAKE_AT_MOST), in one round trip. How many it took."""
+    def _send_take(self) -> bool:
+        """Send take.lua for as many messages as the prefetch leaves room for (at most
+        TAKE_AT_MOST), with the acknowledgements waiting to be deleted; False if there is
+        nothing to ask for."""
         room = self.qos.can_consume_max_estimate()
         room = TAKE_AT_MOST if room is None else min(room, TAKE_AT_MOST)
-        if room <= 0 or self.global_keyprefix:
-            return 0
         queues = [queue for queue in self.active_queues if queue in self._acked_queues]
-        if not queues:
-            return 0
+        if room <= 0 or not queues or self.global_keyprefix:
+            return False
         lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        keys = [self.unacked_index_key, self.unacked_key, *lists]
+        connection = self.client.connection
+        if self._take_sha is None:
+            self._take_sha = self.client.script_load(TAKE_SCRIPT)
         acked = self.qos.take_acks()
+        self._pending_take = (room, acked)
+        self._in_poll = connection
+        self._brpop_sent_at = time.monotonic()
         try:
-            with self.conn_or_acquire() as client:
-                if self._take is None:
-                    self._take = client.register_script(TAKE_SCRIPT)
-                sent = time.monotonic()
-                reply = self._take(
-                    keys=[self.unacked_index_key, self.unacked_key, *lists],
-                    args=[room, time.time(), len(acked), *acked],
-                    client=client,
-                )
-                self._round_trips.append(time.monotonic() - sent)
-        except redis.RedisError:
-            # Whatever the script did stays consistent in Redis: taken messages are
-            # recorded as unacked (and come back after the visibility timeout).
-            self.qos.give_back_acks(acked)
-            return 0
+            connection.send_command(
+                "EVALSHA", self._take_sha, len(keys), *keys, room, time.time(), len(acked),
+                *acked,
+            )  # fmt: skip
         except BaseException:
+            self._pending_take = None
+            self._in_poll = None
             self.qos.give_back_acks(acked)
             raise
+        return True
+
+    def _read_take(self, **options: Any) -> bool:
+        """The answer of a take sent by _send_take: its messages, recorded as unacked by
+        the script, are delivered (none: the queue is empty, Empty)."""
+        assert self._pending_take is not None
+        room, acked = self._pending_take
+        self._pending_take = None
+        try:
+            reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
+        except redis.exceptions.NoScriptError:
+            # Redis restarted and forgot the script: load it again before the next take.
+            self._take_sha = None
+            self._queue_busy = False
+            self.qos.give_back_acks(acked)
+            raise Empty() from None
+        except self.connection_errors:
+            # As after a BRPOP: reconnect on the next round. Whatever the script did is
+            # consistent in Redis (taken messages are recorded as unacked).
+            self.qos.give_back_acks(acked)
+            self._queue_busy = False
+            self.client.connection.disconnect()
+            raise
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()  # the connection is idle now (kombu's own rule)
+        self._round_trips.append(time.monotonic() - self._brpop_sent_at)
         pairs = [(bytes_to_str(reply[i]), reply[i + 1]) for i in range(0, len(reply), 2)]
+        # All the room filled: more may wait. Less: the queue is empty for now.
+        self._queue_busy = len(pairs) >= room
+        if not pairs:
+            raise Empty()
+        if self._closing or self.closed:
+            # A closing channel reads its last answer here, and must keep nothing.
+            self._restore_taken(pairs)
+            raise Empty()
         for index, (key, item) in enumerate(pairs):
             payload = loads(bytes_to_str(item))
             self.qos.recorded(payload["properties"]["delivery_tag"])
+            dest = key.rsplit(self.sep, 1)[0]
             try:
-                self.connection._deliver(payload, key.rsplit(self.sep, 1)[0])
+                self._queue_cycle.rotate(dest)
+                self.connection._deliver(payload, dest)
             except BaseException:
                 self._restore_taken(pairs[index + 1 :])
                 raise
-        return len(pairs)
+        return True
 
     def _restore_taken(self, pairs: list[tuple[str, bytes]]) -> None:
         """Messages taken but not delivered go back to the head of their queue at once,
