@@ -79,9 +79,15 @@ class LeaseKeeper:
         self._wake.set()  # the watchdog's next deadline may be this one
         return lease
 
-    def release(self, job_id: str) -> None:
+    def release(self, lease: Lease) -> None:
+        """The run holding `lease` ended. Another run of the same job in this process (a
+        takeover, after this one was cut off) keeps its own lease."""
         with self._lock:
-            self._held.pop(job_id, None)
+            self._forget(lease)
+
+    def _forget(self, lease: Lease) -> None:
+        if self._held.get(lease.job_id) is lease:
+            del self._held[lease.job_id]
 
     def _ensure_threads(self) -> None:
         # Per process: a prefork child does not inherit its parent's threads. Checked on
@@ -96,7 +102,7 @@ class LeaseKeeper:
         with self._lock:
             for lease in leases:
                 lease.lost = True
-                self._held.pop(lease.job_id, None)
+                self._forget(lease)
         for lease in leases:
             log.warning("job %s: lease of attempt %d lost (%s)", lease.job_id, lease.attempt, why)
             if self.on_lost is not None:
@@ -122,7 +128,7 @@ class LeaseKeeper:
                     lease.confirmed = max(lease.confirmed, sent)
                 elif lost[job_id] == "ended":
                     # Its own outcome was written (or a cancel took it): nothing to stop.
-                    self._held.pop(job_id, None)
+                    self._forget(lease)
         taken = [held[job_id] for job_id, why in lost.items() if why == "taken"]
         self._lose(taken, "another attempt holds the job")
 

@@ -188,11 +188,11 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
     assert record is not None  # asked for with return_record
     # The attempt number the claim got is this run's fence: every later write of the run
     # names it, and is refused once another attempt holds the job.
-    leases.hold(job_id, record.attempts, claimed_at)
+    lease = leases.hold(job_id, record.attempts, claimed_at)
     try:
         run_claimed(self, store, record)
     finally:
-        leases.release(job_id)
+        leases.release(lease)
 
 
 # Celery keeps the result backend per thread unless the backend says it is thread-safe,

@@ -189,3 +189,20 @@ def test_a_run_cut_off_from_redis_gives_up_before_its_lease_can_lapse(
     waited = time.monotonic() - claimed_at
     # Before the lease could lapse in Redis, and not long before.
     assert 0.7 <= waited / lease_seconds < 1.0, waited
+
+
+def test_the_old_run_ending_does_not_drop_the_lease_of_its_takeover(store: JobStore) -> None:
+    """A threads or gevent worker cut off, then healed, may run the old attempt and its
+    takeover side by side in one process: the old run's end must leave the new run's
+    lease renewed (else it lapses, and the job is taken over again and again)."""
+    first = running_job(store, lease_seconds=2)
+    keeper = LeaseKeeper(lambda: store, lease_seconds=30)
+    old = keeper.hold(first.id, first.attempts, time.monotonic())
+    lapse(store, first.id)
+    second = take_over(store, first.id)
+    keeper.hold(first.id, second.attempts, time.monotonic())
+    keeper.release(old)
+    store.set_fields(first.id, {"lease_until": store.now() + 1})
+    keeper.renew_once()
+    lease_until = float(store.redis.hget(redis_keys.job(first.id), "lease_until"))
+    assert lease_until - store.now() > 20, "the takeover's lease was not renewed"
