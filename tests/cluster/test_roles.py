@@ -20,7 +20,8 @@ import requests
 
 from services.devstack.cluster import REDIS_PORT
 from services.devstack.launcher import Launcher
-from services.devstack.netns import Bed
+from services.devstack.netns import Bed, namespaces
+from tests.cluster.conftest import require_bed
 from tests.stack import api_keys_setting, bearer
 
 
@@ -119,3 +120,33 @@ def test_a_role_without_redis_url_is_refused_with_what_to_do(tmp_path: Path) -> 
     )  # fmt: skip
     assert done.returncode != 0
     assert "set REDIS_URL" in done.stderr
+
+
+def test_make_cluster_starts_every_host_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`make cluster` as a user runs it: up with a URL and a key, then Ctrl-C removes the
+    hosts and every process on them."""
+    require_bed()
+    log = tmp_path / "cluster.log"
+    with log.open("wb") as out:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "services.devstack.cluster", "--workers", "1",
+             "--pools", "threads"],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        url = wait_for_line(log, r"up at (http://\S+)", runner).split()[-1]
+        namespace = re.search(r"namespace (jrc-\d+-api)", log.read_text()).group(1)  # type: ignore[union-attr]
+        key = re.search(r"API key\s+(\S+)", log.read_text()).group(1)  # type: ignore[union-attr]
+        # The curl it prints, as a user would paste it.
+        answer = subprocess.run(
+            ["ip", "netns", "exec", namespace, "curl", "-s", "-H",
+             f"Authorization: Bearer {key}", f"{url}/pools"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert '"threads-1@w1"' in answer.stdout, answer
+    finally:
+        runner.send_signal(signal.SIGINT)
+        runner.wait(timeout=60)
+    assert runner.returncode == 0, log.read_text()
+    assert not [name for name in namespaces() if name.startswith(f"jrc-{runner.pid}-")]
