@@ -29,6 +29,7 @@ from services.catalog.workloads import CATALOG
 from services.core.redis_clients import redis_client
 from services.core.settings import get_settings
 from services.core.vocabulary import JobState
+from services.jobs.group_commit import GroupCommit, direct
 from services.jobs.record import JobError, JobRecord
 from services.jobs.store import JobStore, Transition
 from worker.leases import Lease, LeaseKeeper
@@ -72,7 +73,10 @@ def job_store() -> JobStore:
         settings.redis_url, max_connections=JOB_STORE_CONNECTIONS,
         wait_for_connection=REDIS_PATIENCE_SECONDS,
     )  # fmt: skip
-    return JobStore(client, settings.job_result_ttl)
+    # The claims and outcomes of jobs running at once share round trips (group commit);
+    # a prefork pool process runs one job at a time and sends its own.
+    run_script = direct if IN_POOL_PROCESS else GroupCommit(client).run
+    return JobStore(client, settings.job_result_ttl, run_script)
 
 
 # This worker's Celery node name, in its main process (set once it is known).
@@ -100,9 +104,15 @@ def _end_this_process(lease: Lease) -> None:
 leases = LeaseKeeper(job_store, float(get_settings().job_visibility_timeout))
 
 
+# True in a prefork pool process (worker_process_init), which runs one job at a time.
+IN_POOL_PROCESS = False
+
+
 @worker_process_init.connect
 def _stop_runs_that_lose_their_lease(**_: Any) -> None:
     # Sent in each prefork pool process as it starts: only there can a run be stopped.
+    global IN_POOL_PROCESS
+    IN_POOL_PROCESS = True
     leases.on_lost = _end_this_process
 
 

@@ -19,6 +19,7 @@ import redis
 
 from services.core import redis_keys
 from services.core.vocabulary import JobState
+from services.jobs.group_commit import ScriptRunner, direct
 from services.jobs.record import (
     CREATABLE_FIELDS,
     JobRecord,
@@ -53,9 +54,14 @@ class Transition:
 class JobStore:
     """Job records in one Redis database."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl_seconds: int, run_script: ScriptRunner = direct
+    ) -> None:
         self.redis = client
         self.ttl = ttl_seconds
+        # How a transition's script is sent: alone (direct), or with the other writes
+        # waiting in this process (services/jobs/group_commit.py).
+        self._run_script = run_script
         self._transition = client.register_script(TRANSITION_SCRIPT)
         self._create = client.register_script(CREATE_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
@@ -162,7 +168,7 @@ class JobStore:
         for name, value in (fields or {}).items():
             args.extend([name, field_value(name, value)])
         keys = [redis_keys.job(job_id), redis_keys.job_index("state", ""), redis_keys.counters()]
-        answer = self._transition(keys=keys, args=args)
+        answer = self._run_script(self._transition, keys, args)
         if answer is None:
             return None
         record = None
