@@ -3,10 +3,6 @@ message priority, and the unacked hash of what consumers hold."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from kombu import Connection, Exchange, Queue
 
 from services.broker.queue_depth import QueueDepth, queue_depths
@@ -16,15 +12,6 @@ from services.core.redis_clients import redis_client
 from services.devstack.redis_server import RedisServer
 
 POOL = "threads"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path / "redis").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def test_depth_counts_every_priority_and_what_consumers_hold(server: RedisServer) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -17,15 +15,6 @@ from kombu import Connection
 
 from services.broker.transport import TAKE_SCRIPT, Transport
 from services.devstack.redis_server import RedisServer
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path / "redis").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def consuming(server: RedisServer, prefetch: int) -> tuple[Connection, object, list]:
