@@ -32,7 +32,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["job_id"] = JobIdConverter
     # Flask answers 413 for a larger body before any view reads it.
     app.config["MAX_CONTENT_LENGTH"] = settings.job_max_body_bytes
-    client = redis_client(settings.redis_url, timeout=5, connect_timeout=2)
+    # A cut network to Redis answers 503 within REDIS_SOCKET_TIMEOUT, not TCP's minutes.
+    client = redis_client(settings.redis_url, settings=settings)
     app.extensions["jobrunner"] = ApiContext(
         settings=settings,
         store=JobStore(client, settings.job_result_ttl),

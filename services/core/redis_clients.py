@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import redis
 
-from services.core.settings import get_settings
+from services.core.settings import Settings, get_settings
 
 
 def redis_client(
@@ -22,17 +22,19 @@ def redis_client(
     connect_timeout: float | None = None,
     max_connections: int | None = None,
     wait_for_connection: float | None = None,
+    settings: Settings | None = None,
 ) -> redis.Redis:
     """A client of the Redis at `url` that answers `str`.
 
     `timeout` bounds each reply and `connect_timeout` each connect (None: REDIS_SOCKET_TIMEOUT
     and REDIS_CONNECT_TIMEOUT); an idle connection is checked every
-    REDIS_HEALTH_CHECK_INTERVAL seconds before use. With `max_connections`, the client's
+    REDIS_HEALTH_CHECK_INTERVAL seconds before use. The three are read from `settings`
+    (else the process's own). With `max_connections`, the client's
     pool is bounded and a caller past the bound waits up to `wait_for_connection` seconds
     for a connection instead of failing: a gevent worker's hundreds of greenlets share a
     few dozen, each held for one round trip.
     """
-    settings = get_settings()
+    settings = settings or get_settings()
     options = {
         "decode_responses": True,
         "socket_timeout": timeout or settings.redis_socket_timeout,
