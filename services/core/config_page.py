@@ -29,8 +29,8 @@ other, stop the process at start with the variable's name.
 
 COMPOSE_NOTE = """
 Docker Compose reads one more variable of its own, `REDIS_PASSWORD`: the password of
-its Redis and of every service's `REDIS_URL` (default `change-me-in-production`; see
-[Operations](operations.md)). The compose file passes every variable above to the
+its Redis and of every service's `REDIS_URL`. It has no default: compose refuses to
+start without it ([Operations](operations.md)). The compose file passes every variable above to the
 containers, with the same defaults, except `API_HOST`/`API_PORT` (the API service's
 own), `JOBRUNNER_RUN_DIR` (`make run`'s folder) and the CLI's two.
 """

@@ -43,6 +43,8 @@ K8S_ONLY_VARIABLES = {"REDIS_PASSWORD"}
 K8S_OWN_VALUES = {f"WORKER_CONCURRENCY_{pool.upper()}" for pool in POOLS}
 # ${NAME:-default} in docker-compose.yml, as compose reads it with NAME unset.
 COMPOSE_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
+# ${NAME:?message} in docker-compose.yml: compose refuses to start without NAME.
+COMPOSE_REQUIRED = re.compile(r"\$\{(\w+):\?[^}]*\}")
 # $(NAME) in a container's env value, expanded by Kubernetes from the variables before it.
 K8S_REFERENCE = re.compile(r"\$\((\w+)\)")
 
@@ -141,10 +143,13 @@ def compose_services() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(COMPOSE_FILE.read_text())["services"]
 
 
-def compose_environment(service: dict[str, Any]) -> dict[str, str]:
-    """A compose service's environment with every variable left unset: the defaults."""
+def compose_environment(service: dict[str, Any], required: dict[str, str]) -> dict[str, str]:
+    """A compose service's environment with every variable left unset (the defaults), but
+    for those compose requires (REDIS_PASSWORD), which take their value from `required`."""
     return {
-        name: COMPOSE_DEFAULT.sub(lambda m: m[2], str(value))
+        name: COMPOSE_REQUIRED.sub(
+            lambda m: required[m[1]], COMPOSE_DEFAULT.sub(lambda m: m[2], str(value))
+        )
         for name, value in service.get("environment", {}).items()
     }
 
@@ -282,8 +287,8 @@ def test_every_container_gets_composes_environment(example: list[dict[str, Any]]
     for name, deployment in deployments.items():
         spec = container(deployment)
         assert spec["command"] == shlex.split(services[name]["command"]), name
-        in_compose = compose_environment(services[name])
         in_pod = environment(example, spec)
+        in_compose = compose_environment(services[name], required=in_pod)
         assert set(in_pod) - K8S_ONLY_VARIABLES == set(in_compose), name
         for variable, value in in_compose.items():
             if variable not in K8S_OWN_VALUES:

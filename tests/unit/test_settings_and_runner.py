@@ -154,23 +154,51 @@ def test_compose_defaults_are_the_local_defaults(monkeypatch: pytest.MonkeyPatch
         assert from_compose == default, variable
 
 
+# Compose refuses to start without a Redis password; the tests give it this one unless
+# they say otherwise (a variable given as None is taken out of the environment).
+TEST_REDIS_PASSWORD = "test-only-redis-password"
+
+
 def compose(
-    *args: str, env: dict[str, str] | None = None, file: Path = COMPOSE_FILE
+    *args: str,
+    env: dict[str, str | None] | None = None,
+    file: Path = COMPOSE_FILE,
+    env_file: Path | None = None,
 ) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("CI must validate the compose file: install docker-compose")
         pytest.skip("docker-compose is not installed (.ci/run installs it)")
+    chosen = {**os.environ, "REDIS_PASSWORD": TEST_REDIS_PASSWORD, **(env or {})}
+    environment = {name: value for name, value in chosen.items() if value is not None}
+    # Instead of the .env beside the compose file, which a developer may have filled.
+    options = ["--env-file", str(env_file)] if env_file else []
     return subprocess.run(
-        [binary, "-f", str(file), *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})},
+        [binary, *options, "-f", str(file), *args],
+        capture_output=True, text=True, env=environment,
     )  # fmt: skip
 
 
 def test_compose_file_is_valid() -> None:
     result = compose("config", "-q")
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_start_without_a_redis_password(tmp_path: Path) -> None:
+    """A default Redis password is one everybody knows: without REDIS_PASSWORD (unset or
+    empty) compose stops before starting anything, and says how to make one."""
+    no_env_file = tmp_path / ".env"
+    no_env_file.write_text("")
+    for missing in (None, ""):
+        result = compose("config", "-q", env={"REDIS_PASSWORD": missing}, env_file=no_env_file)
+        assert result.returncode != 0, f"compose started with REDIS_PASSWORD={missing!r}"
+        assert "REDIS_PASSWORD" in result.stderr, result.stderr
+        assert "secrets.token_urlsafe" in result.stderr, "the message says how to make one"
+    # Every use of the password on compose's side requires it: none falls back to a default
+    # (`$${...}` is the redis container's own shell reading its environment).
+    uses = re.findall(r"(?<!\$)\$\{REDIS_PASSWORD(..)", COMPOSE_FILE.read_text())
+    assert len(uses) >= 3 and set(uses) == {":?"}, uses
 
 
 def test_a_shorter_visibility_timeout_reaches_every_container() -> None:
@@ -198,10 +226,21 @@ def test_compose_redis_is_durable_private_and_password_protected() -> None:
     assert "--requirepass" in command
     assert "ports" not in redis_service  # only the compose network reaches it
     assert any(volume.endswith(":/data") for volume in redis_service["volumes"])
+    # The password the user sets is the one Redis requires, the one its healthcheck reads
+    # (from the redis container's environment) and the one every app service connects with.
+    rendered = compose("config")
+    assert rendered.returncode == 0, rendered.stderr
+    password = TEST_REDIS_PASSWORD
+    rendered_services = yaml.safe_load(rendered.stdout)["services"]
+    rendered_redis = rendered_services["redis"]
+    assert f"--requirepass {password}" in " ".join(str(rendered_redis["command"]).split())
+    assert rendered_redis["environment"]["REDIS_PASSWORD"] == password
+    assert '"$${REDIS_PASSWORD}"' in " ".join(redis_service["healthcheck"]["test"])
     for name, service in services.items():
         if name != "redis":
             # Every app service reaches Redis with the password, and comes back if it dies.
-            assert ":${REDIS_PASSWORD" in service["environment"]["REDIS_URL"], name
+            url = rendered_services[name]["environment"]["REDIS_URL"]
+            assert url == f"redis://:{password}@redis:6379/0", name
             assert service["restart"] == "unless-stopped", name
             assert "healthcheck" in service, name
 
