@@ -2,13 +2,14 @@
 
 Views are decorated with `spec.validate(..., skip_validation=True)`: spectree documents
 them, while the views validate themselves so every error is our problem+json. `document()`
-adds what spectree cannot know: error bodies are `application/problem+json`, and the
-API-key scheme with its 401/403/429 answers on every protected operation.
+gives every schema its model's plain name (spectree's carry a hash), and adds what spectree
+cannot know: error bodies are `application/problem+json`, and the API-key scheme with its
+401/403/429 answers on every protected operation.
 """
 
 from __future__ import annotations
 
-import copy
+import re
 from typing import Any
 
 from spectree import SpecTree
@@ -29,14 +30,70 @@ AUTH_ANSWERS = {
 }
 
 
+SCHEMA_REF = "#/components/schemas/"
+# spectree names a model `<Model>.<hash of its module>` and a model nested in it
+# `<Model>.<hash>.<Nested>`, so one JobRecord appears once per model that holds it, each
+# under a name a client generator turns into a class name.
+SPECTREE_NAME = re.compile(r"(?P<model>[^.]+)\.[0-9a-f]{7}(?:\.(?P<nested>[^.]+))?")
+
+
+class SchemaNameClash(RuntimeError):
+    """Two different schemas would get the same plain name: rename one of the models."""
+
+
+def plain_name(spectree_name: str) -> str:
+    """`BatchAccepted.b685ebb` -> `BatchAccepted`; `BatchAccepted.b685ebb.JobRecord` ->
+    `JobRecord`; a name spectree did not make is kept."""
+    match = SPECTREE_NAME.fullmatch(spectree_name)
+    if match is None:
+        return spectree_name
+    return match["nested"] or match["model"]
+
+
+def with_plain_schema_names(doc: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `doc` with every component schema under its model's plain name and every
+    `$ref` rewritten to match: spectree's copies of one model (one per model holding it)
+    become one schema. Two different schemas that would share a name raise
+    SchemaNameClash, rather than one silently standing for both."""
+    renamed = {name: plain_name(name) for name in doc.get("components", {}).get("schemas", {})}
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: rewrite_ref(item) if key == "$ref" else rewrite(item)
+                    for key, item in value.items()}  # fmt: skip
+        if isinstance(value, list):
+            return [rewrite(item) for item in value]
+        return value
+
+    def rewrite_ref(ref: Any) -> Any:
+        if not (isinstance(ref, str) and ref.startswith(SCHEMA_REF)):
+            return ref
+        target = ref.removeprefix(SCHEMA_REF)
+        return SCHEMA_REF + renamed.get(target, target)
+
+    plain_doc = rewrite(doc)  # new dicts and lists throughout: `doc` is left as it was
+    schemas = plain_doc.get("components", {}).get("schemas")
+    if not schemas:
+        return plain_doc
+    plain: dict[str, Any] = {}
+    first_named: dict[str, str] = {}
+    for name, schema in schemas.items():
+        new = renamed[name]
+        if new in plain and plain[new] != schema:
+            raise SchemaNameClash(
+                f"{first_named[new]} and {name} are different schemas; both would be {new}"
+            )
+        plain[new] = schema
+        first_named.setdefault(new, name)
+    plain_doc["components"]["schemas"] = dict(sorted(plain.items()))
+    return plain_doc
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI document as served at /openapi.json."""
-    doc = copy.deepcopy(spec.spec)
+    doc = with_plain_schema_names(spec.spec)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    problem_ref = next(
-        (f"#/components/schemas/{name}" for name in schemas if name.startswith("ProblemBody")),
-        None,
-    )
+    problem_ref = f"{SCHEMA_REF}ProblemBody" if "ProblemBody" in schemas else None
     doc["components"]["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "An API key."}
     }
