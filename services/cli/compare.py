@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import JustifyMethod
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -67,24 +70,60 @@ def cpu_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
-def report_table(report: dict[str, Any]) -> Table:
+@dataclass(frozen=True)
+class Column:
+    """A column of the comparison table: its header (a line break where it may wrap, so a
+    narrow terminal gets two short lines rather than a cut word), its cell for a target,
+    and whether it is one of the figures a user decides by (shown without --wide)."""
+
+    header: str
+    cell: Callable[[dict[str, Any]], str]
+    decides: bool = False
+    justify: JustifyMethod = "right"
+
+
+def _latency(quantile: str) -> Callable[[dict[str, Any]], str]:
+    return lambda t: f"{t['latency_s'][quantile]:.3f}"
+
+
+# In the order of the wide table; the default keeps the same order with the `decides` ones.
+# Those seven fit 80 columns with the longest target name (processpool); the rest is one
+# --wide away, and always in report.md (markdown() below).
+REPORT_COLUMNS = (
+    Column("target", lambda t: t["target"], decides=True, justify="left"),
+    Column("kind", lambda t: t["kind"], justify="left"),
+    Column("concurrency", lambda t: str(t["concurrency"])),
+    Column("processes", lambda t: str(t.get("processes") or "-")),
+    Column("jobs/s", lambda t: f"{t['throughput_per_s']:.1f}", decides=True),
+    Column("makespan\ns", lambda t: f"{t['makespan_s']:.3f}", decides=True),
+    Column("ideal\ns", lambda t: f"{t['ideal_makespan_s']:.3f}", decides=True),
+    Column("efficiency", lambda t: f"{t['efficiency']:.0%}", decides=True),
+    Column("latency\np50 s", _latency("p50"), decides=True),
+    Column("latency\np95 s", _latency("p95")),
+    Column("latency\np99 s", _latency("p99")),
+    Column("queue wait\np50 s", lambda t: f"{t['queue_wait_s']['p50']:.3f}"),
+    Column("run time\np50 s", lambda t: f"{t['run_time_s']['p50']:.3f}"),
+    Column("CPU/job\nms", lambda t: cpu_ms(t["cpu_seconds_per_job"])),
+    Column("peak RSS\nMB", lambda t: format_mib(t.get("peak_rss_bytes")), decides=True),
+    Column("errors", lambda t: str(t["errors"])),
+)
+
+
+def report_table(report: dict[str, Any], wide: bool = False) -> Table:
+    """The report's figures per target: by default those a user decides by, which fit an
+    80-column terminal; with `wide`, every column (about 175 columns)."""
+    columns = [c for c in REPORT_COLUMNS if wide or c.decides]
+    caption = f"on {where(report['topology'])}"
+    if not wide:
+        hidden = len(REPORT_COLUMNS) - len(columns)
+        caption += f"\n{hidden} more columns with --wide, and in report.md (--out)"
     table = Table(
-        "target", "kind", "conc.", "procs", "makespan s", "jobs/s", "latency p50/p95/p99 s",
-        "queue p50 s", "run p50 s", "CPU/job ms", "peak RSS MB", "errors", "ideal s",
-        "efficiency",
-        title=f"{report['workload']} x{report['count']} {report['params']}",
-        caption=f"on {where(report['topology'])}",
-    )  # fmt: skip
+        title=f"{report['workload']} x{report['count']} {report['params']}", caption=caption
+    )
+    for column in columns:
+        table.add_column(column.header, justify=column.justify)
     for t in report["targets"]:
-        lat = t["latency_s"]
-        table.add_row(
-            t["target"], t["kind"], str(t["concurrency"]), str(t.get("processes") or "-"),
-            f"{t['makespan_s']:.3f}", f"{t['throughput_per_s']:.1f}",
-            f"{lat['p50']:.3f}/{lat['p95']:.3f}/{lat['p99']:.3f}",
-            f"{t['queue_wait_s']['p50']:.3f}", f"{t['run_time_s']['p50']:.3f}",
-            cpu_ms(t["cpu_seconds_per_job"]), format_mib(t.get("peak_rss_bytes")),
-            str(t["errors"]), f"{t['ideal_makespan_s']:.3f}", f"{t['efficiency']:.0%}",
-        )  # fmt: skip
+        table.add_row(*(column.cell(t) for column in columns))
     return table
 
 
@@ -144,6 +183,14 @@ def compare(
     scale: Annotated[
         str | None, typer.Option(help="Sweep workers per pool, e.g. 1,2,4 (starts local stacks).")
     ] = None,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="Every column (about 175 wide): kind, concurrency, processes, latency p95 "
+            "and p99, queue wait, run time, CPU per job and errors too.",
+        ),
+    ] = False,
     api: ApiOption = None,
 ) -> None:
     """Run WORKLOAD on pools and local executors side by side; show who wins and why."""
@@ -166,7 +213,7 @@ def compare(
             return
         body["local"] = resolve_local(client, workload, local)
         experiment = run_with_progress(client, body)
-        console.print(report_table(experiment["report"]))
+        console.print(report_table(experiment["report"], wide))
         for line in experiment["report"]["verdict"]:
             console.print(f"  - {line}")
         if out:
@@ -176,40 +223,48 @@ def compare(
 
 
 def runs_table(comparison: dict[str, Any]) -> Table:
-    """One row per run: which is which, and where it ran."""
-    table = Table("run", "id", "workload", "jobs", "where it ran", title="runs")
+    """One row per run: which is which, and where it ran. The id (36 characters, which
+    cannot wrap) shares its cell with what ran, so that the row fits 80 columns with room
+    for `where`, which wraps between words."""
+    table = Table("run", "experiment", "where it ran", title="runs")
     for number, entry in enumerate(comparison["runs"], start=1):
         params = ", ".join(f"{k}={v}" for k, v in entry["params"].items())
-        table.add_row(
-            str(number), entry["id"], f"{entry['workload']}({params})", str(entry["count"]),
-            entry["where"],
-        )  # fmt: skip
+        what = f"{entry['id']}\n{entry['workload']}({params}) x{entry['count']}"
+        table.add_row(str(number), what, entry["where"])
+    # The ids are kept whole; a long parameter (a URL) or host name is folded, not cut.
+    table.columns[1].width = max((len(entry["id"]) for entry in comparison["runs"]), default=0)
+    table.columns[1].overflow = table.columns[2].overflow = "fold"
     return table
 
 
 def comparison_table(comparison: dict[str, Any]) -> Table:
-    """Each target's figures in each run, the runs numbered as in runs_table."""
+    """Each target's figures in each run, one row a run (numbered as in runs_table), so
+    that any number of runs fits 80 columns; the ratio on the target's last row."""
     ids = [entry["id"] for entry in comparison["runs"]]
-    columns = [f"run {n}: {figure}" for n in range(1, len(ids) + 1) for figure in FIGURES]
-    table = Table("target", *columns, "jobs/s last/first", title="side by side")
+    table = Table(
+        "target", "run", "jobs/s", "latency\np50 s", "peak RSS\nMB", "efficiency",
+        "jobs/s\nlast/first", title="side by side",
+    )  # fmt: skip
+    for column in table.columns[1:]:
+        column.justify = "right"
     for row in comparison["rows"]:
-        cells = []
-        for experiment_id in ids:
+        ratio = row["ratio_last_to_first"]
+        for number, experiment_id in enumerate(ids, start=1):
             throughput = row["throughput_per_s"].get(experiment_id)
             p50 = row.get("latency_p50_s", {}).get(experiment_id)
             efficiency = row.get("efficiency", {}).get(experiment_id)
-            cells += [
+            last = number == len(ids)
+            table.add_row(
+                row["target"] if number == 1 else "",
+                str(number),
                 "-" if throughput is None else f"{throughput:.1f}",
                 "-" if p50 is None else f"{p50:.3f}",
                 format_mib(row.get("peak_rss_bytes", {}).get(experiment_id)),
                 "-" if efficiency is None else f"{efficiency:.0%}",
-            ]
-        ratio = row["ratio_last_to_first"]
-        table.add_row(row["target"], *cells, "-" if ratio is None else f"{ratio:.2f}x")
+                ("-" if ratio is None else f"{ratio:.2f}x") if last else "",
+                end_section=last,
+            )
     return table
-
-
-FIGURES = ("jobs/s", "p50 s", "peak RSS MB", "efficiency")
 
 
 @app.command("compare-runs")

@@ -14,8 +14,10 @@ from services.cli.app import parse_param
 from tests.stack import TEST_KEYS, Stack
 
 
-def cli(stack: Stack | None, *args: str, url: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JOBRUNNER_API_KEY": TEST_KEYS["admin"][1], "COLUMNS": "200"}
+def cli(
+    stack: Stack | None, *args: str, url: str | None = None, columns: int = 200
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JOBRUNNER_API_KEY": TEST_KEYS["admin"][1], "COLUMNS": str(columns)}
     api = url or (stack.url if stack else "")
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args, "--api", api],
@@ -83,6 +85,50 @@ def test_compare_writes_report_and_chart(stack: Stack, tmp_path: Path) -> None:
     assert all(row[header.index("errors")] == "0" for row in rows)
     assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"
     assert b"<svg" in (out / "chart.svg").read_bytes()[:500]
+
+
+def drawn_whole(text: str) -> bool:
+    """Every line of a table ends at its right edge: rich crops what is wider than the
+    terminal, so a table too wide loses its right border."""
+    rows = [line.strip() for line in text.splitlines() if line.strip()]
+    rows = [row for row in rows if row[0] in "┏┃┡│├└"]
+    return bool(rows) and all(row[-1] in "┓┃┩│┤┘" for row in rows)
+
+
+def test_compare_and_compare_runs_fit_80_columns(stack: Stack, tmp_path: Path) -> None:
+    """In an 80-column terminal nothing is cut to `…`: compare shows the figures a user
+    decides by (the rest with --wide), compare-runs its runs and their figures."""
+    ids = []
+    for name, extra, columns in (("narrow", [], 80), ("wide", ["--wide"], 200)):
+        answer = cli(
+            stack, "compare", "noop", "--count", "5", "--pools", "threads",
+            "--local", "threadpool,processpool", "--out", str(tmp_path / name), *extra,
+            columns=columns,
+        )  # fmt: skip
+        assert answer.returncode == 0, answer.stderr + answer.stdout
+        # From the title to the verdict's first line (the verdict may say "concurrency").
+        title = answer.stdout.index("noop x5")
+        table = answer.stdout[title : answer.stdout.index("\n  - ", title)]
+        assert "…" not in table, table
+        assert drawn_whole(table), table
+        for header in ("target", "jobs/s", "makespan", "efficiency", "latency", "peak RSS"):
+            assert header in table, (header, table)
+        for target in ("threads", "threadpool", "processpool"):
+            assert target in table, (target, table)
+        ids.append(json.loads((tmp_path / name / "report.json").read_text())["id"])
+        if name == "narrow":
+            assert "concurrency" not in table and "--wide" in table, table
+        else:
+            for header in ("kind", "concurrency", "processes", "queue wait", "CPU/job", "errors"):
+                assert header in table, (header, table)
+
+    runs = cli(stack, "compare-runs", *ids, columns=80)
+    assert runs.returncode == 0, runs.stderr + runs.stdout
+    assert "…" not in runs.stdout, runs.stdout
+    assert drawn_whole(runs.stdout), runs.stdout
+    assert all(experiment_id in runs.stdout for experiment_id in ids), runs.stdout
+    assert "noop(" in runs.stdout and " x5" in runs.stdout and "last/first" in runs.stdout
+    assert all(target in runs.stdout for target in ("threads", "threadpool", "processpool"))
 
 
 @pytest.mark.slow
