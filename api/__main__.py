@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from services.core.settings import get_settings
+from services.core.settings import get_settings, load_settings
 
 
 def gunicorn_command() -> list[str]:
@@ -36,6 +36,8 @@ def gunicorn_command() -> list[str]:
 
 
 def main() -> None:
+    # A bad variable stops it here in one line per problem, not in a traceback.
+    load_settings()
     argv = gunicorn_command()
     os.execv(argv[0], argv)
 

@@ -11,11 +11,13 @@ import argparse
 import os
 
 from services.catalog.pools import POOLS
-from services.core.settings import get_settings
+from services.core.settings import load_settings
 from worker.profiles import EXPERIMENTS, worker_command
 
 
 def main() -> None:
+    # A bad variable stops it here in one line per problem, not in a traceback.
+    settings = load_settings()
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     role = parser.add_mutually_exclusive_group(required=True)
     role.add_argument("--pool", choices=sorted(POOLS), help="the pool whose queue it serves")
@@ -24,11 +26,11 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--name", default=None, help="Celery node name, e.g. gevent-2@%%h")
-    parser.add_argument("--loglevel", default=get_settings().worker_loglevel)
+    parser.add_argument("--loglevel", default=settings.worker_loglevel)
     args = parser.parse_args()
     pool = EXPERIMENTS if args.experiments else args.pool
     # --concurrency, else WORKER_CONCURRENCY_<POOL>, else the pool's own default.
-    concurrency = args.concurrency or get_settings().worker_concurrency(pool)
+    concurrency = args.concurrency or settings.worker_concurrency(pool)
     argv = worker_command(pool, concurrency, args.name, args.loglevel)
     # SIGTERM (compose stop, the local runner, Kubernetes) starts Celery's soft shutdown:
     # running jobs get JOB_SHUTDOWN_GRACE seconds to finish, then the rest go back to

@@ -11,8 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 
 class Settings(BaseSettings):
@@ -138,7 +138,9 @@ class Settings(BaseSettings):
         if self.job_max_time_limit >= self.job_visibility_timeout:
             raise ValueError(
                 f"JOB_MAX_TIME_LIMIT ({self.job_max_time_limit}) must be below "
-                f"JOB_VISIBILITY_TIMEOUT ({self.job_visibility_timeout})"
+                f"JOB_VISIBILITY_TIMEOUT ({self.job_visibility_timeout}): set "
+                f"JOB_MAX_TIME_LIMIT={self.job_visibility_timeout - 1} or less, or raise "
+                f"JOB_VISIBILITY_TIMEOUT above {self.job_max_time_limit}"
             )
         return self
 
@@ -153,3 +155,44 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""
     return Settings()
+
+
+# Values never repeated back in an error: they may hold a password or a key.
+SECRET_FIELDS = frozenset({"redis_url", "jobrunner_api_keys", "jobrunner_api_key"})
+
+
+def setting_problems(error: ValidationError) -> list[str]:
+    """One line per problem of `error`, naming the variable to change as a user sets it
+    (JOB_VISIBILITY_TIMEOUT, not job_visibility_timeout), with the value given unless it
+    may be a secret."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        if problem["type"] == "value_error":
+            # Raised by a validator of ours: its message already names the variables.
+            message = str(problem.get("ctx", {}).get("error", problem["msg"]))
+        else:
+            message = problem["msg"][:1].lower() + problem["msg"][1:]
+        if not problem["loc"]:
+            lines.append(message)
+            continue
+        field = str(problem["loc"][0])
+        variable = field.upper()
+        if field in SECRET_FIELDS or not isinstance(problem.get("input"), str | int | float):
+            lines.append(f"{variable}: {message}")
+        else:
+            shown = " ".join(str(problem["input"]).split())[:60]
+            lines.append(f"{variable}={shown}: {message}")
+    return lines
+
+
+def load_settings() -> Settings:
+    """get_settings() for a program a user starts (make run, `python -m api`, `python -m
+    worker`): a bad variable ends it with one line per problem, naming the variable, and
+    exit status 1, rather than with pydantic's report."""
+    try:
+        return get_settings()
+    except ValidationError as error:
+        problems = setting_problems(error)
+    except SettingsError as error:  # a value pydantic-settings could not even parse
+        problems = [str(error)]
+    raise SystemExit("\n".join(f"invalid setting: {line}" for line in problems))
