@@ -12,8 +12,6 @@ The tests in tests/cluster/ use `Cluster` the same way.
 from __future__ import annotations
 
 import argparse
-import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from services.devstack.compose import PROJECT_ROOT
 from services.devstack.launcher import Launcher, LaunchError
 from services.devstack.netns import Bed, unavailable_reason
 from services.devstack.probes import pool_workers_probe
+from services.devstack.processes import stop_on_signals
 
 REDIS_PORT = 6379
 API_PORT = 8000
@@ -127,14 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     key = new_key()
     folder = PROJECT_ROOT / ".run" / "cluster"
     overrides = {"JOBRUNNER_API_KEYS": f"local:read+submit+admin:{hash_key(key)}"}
-    stopping = False
-
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = stop_on_signals()
     with Bed(prefix="jrc", hosts=["redis", "api", *workers]) as bed:
         cluster = Cluster(bed, folder, overrides)
         try:
@@ -153,10 +145,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{key}' {cluster.api_url}/pools\n(Ctrl-C stops everything)\n",
                 flush=True,
             )
-            while not stopping:
+            while not stop.wait(0.5):
                 for name in cluster.restart_dead():
                     print(f"restart  {name}")
-                time.sleep(0.5)
         finally:
             print("stopping …", flush=True)
             cluster.stop()

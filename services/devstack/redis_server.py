@@ -7,6 +7,7 @@ machine without Redis installed still runs everything.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from services.devstack.processes import die_with_launcher
 
 
 def free_port() -> int:
@@ -89,10 +92,13 @@ class RedisServer:
             argv += ["--protected-mode", "no"]
         # A session of its own: Ctrl-C in a terminal signals the whole foreground process
         # group, and Redis must outlive the workers' shutdown, which hands their running
-        # jobs back to the queue through it. Whoever started it stops it, last.
+        # jobs back to the queue through it. Whoever started it stops it, last; if that
+        # process dies without doing so, Redis gets SIGTERM, on which it closes its
+        # append-only file and exits at once.
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_launcher(signal.SIGTERM),
+        )  # fmt: skip
         self.wait_ready(timeout)
         return self
 

