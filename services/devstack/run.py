@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> None:
         if launcher.api is not None:
             # The address other hosts reach it on when it listens on all of them.
             print(f"\njobrunner is up at {launcher.api_url}   (Ctrl-C stops everything)")
+            if args.role == "api" and settings.api_host.startswith("127."):
+                # A cluster's API that only this machine can reach is a common first slip.
+                print(
+                    f"note     the API listens on {settings.api_host} only: other machines "
+                    "cannot reach it; set API_HOST=0.0.0.0 (or this machine's address)"
+                )
         else:
             print(f"\nworkers are up, serving {settings.redis_url}   (Ctrl-C stops them)")
         print(f"{key_note}\n", flush=True)

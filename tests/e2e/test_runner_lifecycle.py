@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from services.devstack import netns
-from services.devstack.redis_server import free_port
+from services.devstack.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # Generous: a child that outlives its launcher never goes at all.
@@ -224,3 +224,36 @@ def test_a_killed_runner_leaves_nothing_and_one_folder_has_one_runner(
     third.wait_up()
     third.stop()
     assert third.process.returncode == 0, third.printed()
+
+
+def test_an_api_role_bound_to_loopback_says_other_machines_cannot_reach_it(
+    tmp_path: Path,
+) -> None:
+    """`make run ROLE=api` without API_HOST listens on 127.0.0.1: up, but it says so, and
+    how to open it to the cluster."""
+    redis_server = RedisServer(tmp_path / "redis").start()
+    output = tmp_path / "api-role.out"
+    env = {k: v for k, v in os.environ.items() if k != "API_HOST"}
+    env.update(
+        REDIS_URL=redis_server.url, JOBRUNNER_RUN_DIR=str(tmp_path / ".run"),
+        API_PORT=str(free_port()), PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    with output.open("w") as out:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "services.devstack", "--role", "api"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + UP_WITHIN_SECONDS
+        while "jobrunner is up at" not in output.read_text():
+            assert runner.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.2)
+        time.sleep(0.5)
+        printed = output.read_text()
+        assert "jobrunner is up at http://127.0.0.1:" in printed
+        assert "other machines cannot reach it; set API_HOST=0.0.0.0" in printed
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(timeout=60)
+        redis_server.stop()
