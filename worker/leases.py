@@ -140,28 +140,21 @@ class LeaseKeeper:
             except Exception:  # the renewer must outlive any one failure
                 log.exception("lease renewal failed; will try again")
 
+    def _deadline(self, lease: Lease) -> float:
+        """When an unconfirmed run gives up (monotonic): before its lease can lapse."""
+        return lease.confirmed + self.lease_seconds - self.guard
+
     def _watch_forever(self) -> None:
         """Without `on_lost` nothing can be done about an unconfirmed run, so nothing is
         watched: the run goes on, and only its writes are fenced."""
-        while True:
-            if self.on_lost is None:
-                return
+        while self.on_lost is not None:
             with self._lock:
-                deadlines = {
-                    job_id: lease.confirmed + self.lease_seconds - self.guard
-                    for job_id, lease in self._held.items()
-                }
-            now = time.monotonic()
-            due = [job_id for job_id, deadline in deadlines.items() if deadline <= now]
-            if due:
-                with self._lock:
-                    expired = [self._held[j] for j in due if j in self._held]
-                expired = [
-                    lease
-                    for lease in expired
-                    if lease.confirmed + self.lease_seconds - self.guard <= time.monotonic()
-                ]
+                now = time.monotonic()
+                expired = [lease for lease in self._held.values() if self._deadline(lease) <= now]
+                next_due = min(map(self._deadline, self._held.values()), default=now)
+            if expired:
                 self._lose(expired, "no renewal confirmed within the lease; Redis unreachable")
                 continue
             self._wake.clear()
-            self._wake.wait(min([*deadlines.values(), now + self.renew_every]) - now)
+            # A lease held meanwhile is due a lease from now, later than renew_every.
+            self._wake.wait(max(0.0, min(next_due, now + self.renew_every) - now))
