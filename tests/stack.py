@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import requests
@@ -27,6 +27,7 @@ from services.devstack.processes import ManagedProcess
 from services.devstack.redis_server import free_port
 
 FINAL = {str(state) for state in FINAL_JOB_STATES}
+T = TypeVar("T")
 
 # API keys of the test stack, by name, with their scopes: one per scope boundary.
 TEST_KEYS = {
@@ -47,7 +48,51 @@ def bearer(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TEST_KEYS[name][1]}"}
 
 
-class Stack(Launcher):
+class JobsApi:
+    """Submitting jobs and reading them back over the API, as a test client: `url` and
+    `http` (a session carrying the credentials) are the subclass's."""
+
+    url: str
+    http: requests.Session
+
+    def through(self, call: Callable[[], T]) -> T:
+        """Where a request is made from: here, this process; a test bed's client makes it
+        from a host of the bed (tests/cluster/)."""
+        return call()
+
+    def submit(self, workload: str, params: dict[str, Any] | None = None, **extra: Any) -> dict:
+        body = {"workload": workload, "params": params or {}, **extra}
+        response = self.through(lambda: self.http.post(f"{self.url}/jobs", json=body, timeout=10))
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        response = self.through(lambda: self.http.get(f"{self.url}/jobs/{job_id}", timeout=10))
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for(
+        self, job_ids: Iterable[str], timeout: float = 60.0, states: set[str] = FINAL
+    ) -> list[dict]:
+        """Poll until every job is in one of `states`; the records, in the given order."""
+        ids = list(job_ids)
+        pending = list(ids)
+        done: dict[str, dict] = {}
+        deadline = time.monotonic() + timeout
+        while pending:
+            job_id = pending[0]
+            record = self.job(job_id)
+            if record.get("state") in states:
+                done[job_id] = record
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {record.get('state')}: {record}")
+            time.sleep(0.05)
+        return [done[i] for i in ids]
+
+
+class Stack(Launcher, JobsApi):
     """Redis + API + workers, all real processes, in `workdir`, with the test keys."""
 
     def __init__(self, workdir: Path, env_overrides: dict[str, str] | None = None) -> None:
@@ -103,38 +148,6 @@ class Stack(Launcher):
     def redis(self) -> redis.Redis:
         assert self.redis_url is not None
         return redis_client(self.redis_url)
-
-    def submit(self, workload: str, params: dict[str, Any] | None = None, **extra: Any) -> dict:
-        body = {"workload": workload, "params": params or {}, **extra}
-        response = self.http.post(f"{self.url}/jobs", json=body, timeout=10)
-        assert response.status_code == 202, response.text
-        return response.json()
-
-    def job(self, job_id: str) -> dict:
-        response = self.http.get(f"{self.url}/jobs/{job_id}", timeout=10)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def wait_for(
-        self, job_ids: Iterable[str], timeout: float = 60.0, states: set[str] = FINAL
-    ) -> list[dict]:
-        """Poll until every job is in one of `states`; the records, in the given order."""
-        ids = list(job_ids)
-        pending = list(ids)
-        done: dict[str, dict] = {}
-        deadline = time.monotonic() + timeout
-        session = self.http
-        while pending:
-            job_id = pending[0]
-            record = session.get(f"{self.url}/jobs/{job_id}", timeout=10).json()
-            if record.get("state") in states:
-                done[job_id] = record
-                pending.pop(0)
-                continue
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {record.get('state')}: {record}")
-            time.sleep(0.05)
-        return [done[i] for i in ids]
 
 
 def makespan(records: list[dict]) -> float:

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
 
 from services.devstack.cluster import Cluster
 from services.devstack.netns import Bed
-from tests.stack import TEST_KEYS, api_keys_setting, bearer
+from tests.stack import TEST_KEYS, JobsApi, api_keys_setting, bearer
 
 # A short lease, so a partition outlasts it quickly: the visibility timeout is the lease.
 VISIBILITY_TIMEOUT = 4
@@ -65,37 +65,34 @@ def cluster(bed: Bed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clus
 # -- a client on the API host --------------------------------------------------------------
 
 
-def call_api(cluster: Cluster, method: str, path: str, **kwargs: Any) -> requests.Response:
-    url = f"{cluster.api_url}{path}"
-    return cluster.call(
-        "api",
-        lambda: requests.request(method, url, headers=bearer("admin"), timeout=15, **kwargs),
-    )
+T = TypeVar("T")
 
 
-def submit(cluster: Cluster, workload: str, params: dict[str, Any], pool: str) -> str:
-    answer = call_api(cluster, "POST", "/jobs", json={"workload": workload, "params": params,
-                                                     "pool": pool})  # fmt: skip
-    assert answer.status_code == 202, answer.text
-    return answer.json()["id"]
+class ClusterApi(JobsApi):
+    """The test stack's client (tests/stack.py), making its requests from the API host."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.url = cluster.api_url
+        self.http = requests.Session()
+        self.http.headers.update(bearer("admin"))
+
+    def through(self, call: Callable[[], T]) -> T:
+        return self.cluster.call("api", call)
+
+    def submit_to(self, workload: str, params: dict[str, Any], pool: str) -> str:
+        return self.submit(workload, params, pool=pool)["id"]
+
+    def wait_one(self, job_id: str, states: set[str], timeout: float = 60.0) -> dict[str, Any]:
+        return self.wait_for([job_id], timeout, states)[0]
+
+    def get(self, path: str) -> requests.Response:
+        return self.through(lambda: self.http.get(f"{self.url}{path}", timeout=15))
 
 
-def job(cluster: Cluster, job_id: str) -> dict[str, Any]:
-    answer = call_api(cluster, "GET", f"/jobs/{job_id}")
-    assert answer.status_code == 200, answer.text
-    return answer.json()
-
-
-def wait_for(
-    cluster: Cluster, job_id: str, states: set[str], timeout: float = 60.0
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = job(cluster, job_id)
-        if record["state"] in states:
-            return record
-        assert time.monotonic() < deadline, f"job still {record['state']}: {record}"
-        time.sleep(0.1)
+@pytest.fixture(scope="module")
+def api(cluster: Cluster) -> ClusterApi:
+    return ClusterApi(cluster)
 
 
 def worker_of(cluster: Cluster, host: str, pool: str) -> Any:
@@ -114,12 +111,14 @@ def log_times(path: Path, pattern: str) -> list[float]:
 # -- the scenarios ---------------------------------------------------------------------------
 
 
-def test_jobs_of_every_pool_run_on_a_worker_host_that_really_runs_them(cluster: Cluster) -> None:
-    ids = {pool: [submit(cluster, "noop", {}, pool) for _ in range(12)] for pool in POOLS}
+def test_jobs_of_every_pool_run_on_a_worker_host_that_really_runs_them(
+    cluster: Cluster, api: ClusterApi
+) -> None:
+    ids = {pool: [api.submit_to("noop", {}, pool) for _ in range(12)] for pool in POOLS}
     hosts_seen = set()
     for pool, pool_ids in ids.items():
         for job_id in pool_ids:
-            record = wait_for(cluster, job_id, {"succeeded"})
+            record = api.wait_one(job_id, {"succeeded"})
             host = record["worker_host"]
             assert host in ("w1", "w2"), record
             assert re.fullmatch(rf"{pool}-\d+@{host}", record["worker_node"]), record
@@ -127,7 +126,7 @@ def test_jobs_of_every_pool_run_on_a_worker_host_that_really_runs_them(cluster: 
             assert record["worker_pid"] in cluster.bed.pids(host), record
             hosts_seen.add(host)
     assert hosts_seen == {"w1", "w2"}, "both worker hosts take jobs"
-    pools = call_api(cluster, "GET", "/pools").json()["pools"]
+    pools = api.get("/pools").json()["pools"]
     listed = {(w["node"], w.get("host")) for p in pools for w in p["workers"]}
     assert {node.split("@")[1] for node, _ in listed} == {"w1", "w2"}
 
@@ -135,31 +134,31 @@ def test_jobs_of_every_pool_run_on_a_worker_host_that_really_runs_them(cluster: 
 @pytest.mark.parametrize("second_worker", [True, False], ids=["with-second", "alone"])
 @pytest.mark.parametrize("pool", POOLS)
 def test_a_worker_host_cut_mid_job_leaves_one_recorded_outcome(
-    cluster: Cluster, pool: str, second_worker: bool
+    cluster: Cluster, api: ClusterApi, pool: str, second_worker: bool
 ) -> None:
     other = worker_of(cluster, "w1", pool)
     if not second_worker:
         cluster.on("w1").stop_process(other, grace=10)
     try:
-        partitioned_run(cluster, pool, second_worker)
+        partitioned_run(cluster, api, pool, second_worker)
     finally:
         if not second_worker:
             cluster.start_worker("w1", pool)
             cluster.wait_ready(TEST_KEYS["admin"][1])
 
 
-def partitioned_run(cluster: Cluster, pool: str, second_worker: bool) -> None:
+def partitioned_run(cluster: Cluster, api: ClusterApi, pool: str, second_worker: bool) -> None:
     # Aimed at w2: with a second worker, w1's worker of the pool is kept busy first, so
     # the job lands on w2; alone, w2's is the pool's only worker.
     blockers = []
     if second_worker:
         blockers = [
-            submit(cluster, "sleep", {"seconds": 2.0}, pool) for _ in range(CONCURRENCY[pool])
+            api.submit_to("sleep", {"seconds": 2.0}, pool) for _ in range(CONCURRENCY[pool])
         ]
     job_id = None
     for _ in range(20):
-        candidate = submit(cluster, "sleep", {"seconds": JOB_SECONDS}, pool)
-        running = wait_for(cluster, candidate, {"running"})
+        candidate = api.submit_to("sleep", {"seconds": JOB_SECONDS}, pool)
+        running = api.wait_one(candidate, {"running"})
         if running["worker_host"] == "w2":
             job_id = candidate
             break
@@ -168,12 +167,12 @@ def partitioned_run(cluster: Cluster, pool: str, second_worker: bool) -> None:
     with cluster.bed.partitioned("w2"):
         cut_at = time.time()
         # The fault hits a running job: it runs on w2 as the cut starts.
-        assert job(cluster, job_id)["state"] == "running"
+        assert api.job(job_id)["state"] == "running"
         time.sleep(CUT_SECONDS)
     healed_at = time.time()
-    done = wait_for(cluster, job_id, {"succeeded", "failed"}, timeout=90)
+    done = api.wait_one(job_id, {"succeeded", "failed"}, timeout=90)
     for blocker in blockers:
-        wait_for(cluster, blocker, {"succeeded"})
+        api.wait_one(blocker, {"succeeded"})
 
     assert done["state"] == "succeeded", done
     # One takeover at most: the new attempt's lease held until its end.
@@ -199,31 +198,32 @@ def partitioned_run(cluster: Cluster, pool: str, second_worker: bool) -> None:
         # Threads and greenlets cannot be stopped: the old run went on, and its late
         # outcome, sent once the cut healed, was refused and counted.
         deadline = time.monotonic() + 30
-        while job(cluster, job_id)["refused_writes"] < 1:
+        while api.job(job_id)["refused_writes"] < 1:
             assert time.monotonic() < deadline, "the late outcome was never refused"
             time.sleep(0.2)
-        assert job(cluster, job_id)["state"] == "succeeded"
+        assert api.job(job_id)["state"] == "succeeded"
     print(
         f"\n{pool} ({'with a second worker' if second_worker else 'alone'}): attempts "
         f"{done['attempts']}, recorded by {done['worker_node']}, refused late writes "
-        f"{job(cluster, job_id)['refused_writes']}, healed {healed_at - cut_at:.1f} s after "
+        f"{api.job(job_id)['refused_writes']}, healed {healed_at - cut_at:.1f} s after "
         "the cut"
     )
 
 
-def test_the_api_host_cut_from_redis_answers_503_and_loses_nothing(cluster: Cluster) -> None:
-    accepted = [submit(cluster, "sleep", {"seconds": 1.0}, "gevent") for _ in range(5)]
+def test_the_api_host_cut_from_redis_answers_503_and_loses_nothing(
+    cluster: Cluster, api: ClusterApi
+) -> None:
+    accepted = [api.submit_to("sleep", {"seconds": 1.0}, "gevent") for _ in range(5)]
     with cluster.bed.partitioned("api", "redis"):
         assert cluster.bed.is_cut("api", "redis")
         started = time.monotonic()
-        refused = call_api(
-            cluster, "POST", "/jobs", json={"workload": "noop", "params": {}, "pool": "threads"}
-        )
+        body = {"workload": "noop", "params": {}, "pool": "threads"}
+        refused = api.through(lambda: api.http.post(f"{api.url}/jobs", json=body, timeout=15))
         waited = time.monotonic() - started
     assert refused.status_code == 503, refused.text
     assert refused.headers["Content-Type"].startswith("application/problem+json")
     # Within the Redis timeouts, not TCP's own minutes: a few socket timeouts at most.
     assert waited / SOCKET_TIMEOUT < 3, waited
     for job_id in accepted:
-        assert wait_for(cluster, job_id, {"succeeded"})["state"] == "succeeded"
-    assert submit(cluster, "noop", {}, "threads")
+        assert api.wait_one(job_id, {"succeeded"})["state"] == "succeeded"
+    assert api.submit_to("noop", {}, "threads")
