@@ -57,7 +57,9 @@ class LeaseKeeper:
         self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._pid: int | None = None
+        self.threads: list[threading.Thread] = []
 
     @property
     def renew_every(self) -> float:
@@ -91,12 +93,27 @@ class LeaseKeeper:
 
     def _ensure_threads(self) -> None:
         # Per process: a prefork child does not inherit its parent's threads. Checked on
-        # every job, so by pid alone (is_alive takes a lock); the threads never return.
+        # every job, so by pid alone (is_alive takes a lock); the threads run until stop().
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        for target, name in ((self._renew_forever, "leases"), (self._watch_forever, "lease-watch")):
-            threading.Thread(target=target, name=name, daemon=True).start()
+        self.threads = [
+            threading.Thread(target=target, name=name, daemon=True)
+            for target, name in (
+                (self._renew_forever, "leases"),
+                (self._watch_forever, "lease-watch"),
+            )
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """End this process's renewer and watchdog (a worker never does: they die with
+        it; a test does, so its keepers do not outlive the Redis they renew against)."""
+        self._stopping.set()
+        self._wake.set()
+        for thread in self.threads:
+            thread.join()
 
     def _lose(self, leases: list[Lease], why: str) -> None:
         with self._lock:
@@ -133,8 +150,7 @@ class LeaseKeeper:
         self._lose(taken, "another attempt holds the job")
 
     def _renew_forever(self) -> None:
-        while True:
-            time.sleep(self.renew_every)
+        while not self._stopping.wait(self.renew_every):
             try:
                 self.renew_once()
             except Exception:  # the renewer must outlive any one failure
@@ -147,11 +163,14 @@ class LeaseKeeper:
     def _watch_forever(self) -> None:
         """Without `on_lost` nothing can be done about an unconfirmed run, so nothing is
         watched: the run goes on, and only its writes are fenced."""
-        while self.on_lost is not None:
+        while self.on_lost is not None and not self._stopping.is_set():
             with self._lock:
                 now = time.monotonic()
                 expired = [lease for lease in self._held.values() if self._deadline(lease) <= now]
-                next_due = min(map(self._deadline, self._held.values()), default=now)
+                # With nothing held, sleep until woken (hold() sets _wake) or renew_every.
+                next_due = min(
+                    map(self._deadline, self._held.values()), default=now + self.renew_every
+                )
             if expired:
                 self._lose(expired, "no renewal confirmed within the lease; Redis unreachable")
                 continue

@@ -30,6 +30,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobStore]:
         server.stop()
 
 
+@pytest.fixture
+def keepers() -> Iterator[list[LeaseKeeper]]:
+    """Keepers a test made; their threads are stopped when it ends."""
+    made: list[LeaseKeeper] = []
+    yield made
+    for keeper in made:
+        keeper.stop()
+
+
 def running_job(store: JobStore, lease_seconds: float = 30.0) -> JobRecord:
     """A job claimed by a first run (attempt 1), as a worker's claim leaves it."""
     record = JobRecord(
@@ -146,10 +155,13 @@ def test_renewals_move_a_lease_only_forward_and_say_which_are_lost(store: JobSto
     assert store.get(taken.id).attempts == 2  # type: ignore[union-attr]
 
 
-def test_a_run_hears_from_redis_that_another_attempt_took_its_job(store: JobStore) -> None:
+def test_a_run_hears_from_redis_that_another_attempt_took_its_job(
+    store: JobStore, keepers: list[LeaseKeeper]
+) -> None:
     record = running_job(store)
     lost: list[Lease] = []
     keeper = LeaseKeeper(lambda: store, lease_seconds=30, on_lost=lost.append)
+    keepers.append(keeper)
     lease = keeper.hold(record.id, record.attempts, time.monotonic())
     keeper.renew_once()
     assert lost == []
@@ -161,10 +173,13 @@ def test_a_run_hears_from_redis_that_another_attempt_took_its_job(store: JobStor
     assert lost == [lease]
 
 
-def test_a_run_whose_own_outcome_ended_the_job_is_not_stopped(store: JobStore) -> None:
+def test_a_run_whose_own_outcome_ended_the_job_is_not_stopped(
+    store: JobStore, keepers: list[LeaseKeeper]
+) -> None:
     record = running_job(store)
     lost: list[Lease] = []
     keeper = LeaseKeeper(lambda: store, lease_seconds=30, on_lost=lost.append)
+    keepers.append(keeper)
     keeper.hold(record.id, record.attempts, time.monotonic())
     # The outcome is written; the renewal that was in flight then finds the job ended.
     store.transition(record.id, {JobState.running}, JobState.succeeded, fence=1)
@@ -173,7 +188,7 @@ def test_a_run_whose_own_outcome_ended_the_job_is_not_stopped(store: JobStore) -
 
 
 def test_a_run_cut_off_from_redis_gives_up_before_its_lease_can_lapse(
-    store: JobStore,
+    store: JobStore, keepers: list[LeaseKeeper]
 ) -> None:
     lease_seconds = 2.0
     claimed_at = time.monotonic()  # as the worker does: when the claim was sent
@@ -191,6 +206,7 @@ def test_a_run_cut_off_from_redis_gives_up_before_its_lease_can_lapse(
         gave_up.set()
 
     keeper = LeaseKeeper(lambda: unreachable, lease_seconds, on_lost=on_lost)
+    keepers.append(keeper)
     keeper.hold(record.id, record.attempts, claimed_at)
     assert gave_up.wait(lease_seconds * 3), "the watchdog never gave the lease up"
     # Ordered on Redis's clock: after the renewals had their chance (past half the
@@ -198,12 +214,15 @@ def test_a_run_cut_off_from_redis_gives_up_before_its_lease_can_lapse(
     assert lease_until - lease_seconds / 2 < gave_up_at[0] < lease_until, (gave_up_at, lease_until)
 
 
-def test_the_old_run_ending_does_not_drop_the_lease_of_its_takeover(store: JobStore) -> None:
+def test_the_old_run_ending_does_not_drop_the_lease_of_its_takeover(
+    store: JobStore, keepers: list[LeaseKeeper]
+) -> None:
     """A threads or gevent worker cut off, then healed, may run the old attempt and its
     takeover side by side in one process: the old run's end must leave the new run's
     lease renewed (else it lapses, and the job is taken over again and again)."""
     first = running_job(store, lease_seconds=2)
     keeper = LeaseKeeper(lambda: store, lease_seconds=30)
+    keepers.append(keeper)
     old = keeper.hold(first.id, first.attempts, time.monotonic())
     lapse(store, first.id)
     second = take_over(store, first.id)
@@ -213,3 +232,21 @@ def test_the_old_run_ending_does_not_drop_the_lease_of_its_takeover(store: JobSt
     keeper.renew_once()
     lease_until = float(store.redis.hget(redis_keys.job(first.id), "lease_until"))
     assert lease_until - store.now() > 20, "the takeover's lease was not renewed"
+
+
+def test_a_watchdog_with_no_lease_held_sleeps(store: JobStore, keepers: list[LeaseKeeper]) -> None:
+    """Every prefork pool process runs a watchdog; between jobs it must wait, not spin
+    (a spinning one burns a core per process and slows every other thread by the GIL)."""
+    record = running_job(store)
+    keeper = LeaseKeeper(lambda: store, lease_seconds=1.5, on_lost=lambda _: None)
+    keepers.append(keeper)
+    keeper.release(keeper.hold(record.id, record.attempts, time.monotonic()))
+    time.sleep(keeper.renew_every * 1.5)  # the watchdog's wait for the lease held is over
+    watchdog = next(t for t in keeper.threads if t.name == "lease-watch")
+    clock = time.pthread_getcpuclockid(watchdog.ident)  # type: ignore[arg-type]
+    cpu_before, wall_before = time.clock_gettime(clock), time.monotonic()
+    time.sleep(1.0)
+    cpu = time.clock_gettime(clock) - cpu_before
+    assert cpu / (time.monotonic() - wall_before) < 0.05, (
+        f"the idle watchdog used {cpu:.2f} s of CPU"
+    )
