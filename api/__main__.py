@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+from services.catalog.registry import catalog_or_exit
 from services.core.settings import get_settings, load_settings
 
 
@@ -38,6 +39,8 @@ def gunicorn_command() -> list[str]:
 def main() -> None:
     # A bad variable stops it here in one line per problem, not in a traceback.
     load_settings()
+    # Likewise a workload module that cannot be imported, or two workloads of one name.
+    catalog_or_exit()
     argv = gunicorn_command()
     os.execv(argv[0], argv)
 

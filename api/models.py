@@ -104,6 +104,8 @@ class WorkloadInfo(BaseModel):
     kind: WorkloadKind
     description: str
     default_pool: str
+    is_async: bool = Field(False, description="An async def: runs on threads and prefork.")
+    ref: str = Field("", description="module:function, a name the lab accepts too.")
     params_schema: dict[str, Any]
     local_executors: list[str] = Field(
         ..., description="The lab's local executors that can run it (asyncio: I/O only)."
@@ -112,6 +114,11 @@ class WorkloadInfo(BaseModel):
 
 class WorkloadList(BaseModel):
     workloads: list[WorkloadInfo]
+    fingerprint: str = Field(
+        "",
+        description="Hash of every name, kind and params schema; /pools shows each "
+        "worker's, so a worker with another catalog stands out.",
+    )
 
 
 class WorkerInfo(BaseModel):

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from api.context import api_context
 from api.errors import FieldError, Problem
 from api.models import MAX_BATCH_JOBS, BatchItems, JobSubmission
-from services.catalog.pools import POOLS
-from services.catalog.workloads import CATALOG, WorkloadError, get_workload
+from services.catalog.pools import POOLS, pool_cannot_run
+from services.catalog.workloads import CATALOG, Workload, WorkloadError, get_workload
 from services.jobs.submission import JobSpec
 
 # Errors listed in one 422, so a file with a systematic mistake gives a readable answer.
@@ -45,22 +45,37 @@ def parse_submission(body: Any) -> JobSpec:
 def checked_spec(submission: Any) -> JobSpec:
     """A submission that passed its schema, checked against what only configuration
     knows (allowed hosts, time limits), as the JobSpec that is sent."""
+    workload = get_workload(submission.workload)
     try:
-        get_workload(submission.workload).check_policy(submission.params)
+        workload.check_policy(submission.params)
     except WorkloadError as exc:
         raise field_problem("params.url", str(exc)) from None
-    if submission.time_limit is not None:
-        check_time_limit(submission.time_limit, submission.pool)
-    if submission.max_retries > 0:
-        check_backoff(submission.backoff, submission.max_retries)
+    # What the job leaves out, its workload's @workload(...) defaults say.
+    given = submission.model_fields_set
+    time_limit = submission.time_limit if "time_limit" in given else workload.time_limit
+    max_retries = submission.max_retries if "max_retries" in given else workload.max_retries
+    if submission.pool is not None:
+        check_pool_runs(workload, submission.pool)
+    if time_limit is not None:
+        check_time_limit(time_limit, submission.pool)
+    if max_retries > 0:
+        check_backoff(submission.backoff, max_retries)
     return JobSpec(
         workload=submission.workload,
         params=submission.params.model_dump(mode="json"),
         pool=submission.pool,
-        max_retries=submission.max_retries,
+        max_retries=max_retries,
         backoff=submission.backoff,
-        time_limit=submission.time_limit,
+        time_limit=time_limit,
     )
+
+
+def check_pool_runs(workload: Workload, pool: str) -> None:
+    """A pool that cannot run the workload as it is written is a 422 saying which can."""
+    why = pool_cannot_run(workload, pool)
+    if why is not None:
+        able = ", ".join(p for p in POOLS if pool_cannot_run(workload, p) is None)
+        raise field_problem("pool", f"{why}; pools that can: {able}")
 
 
 def submission_problem(exc: ValidationError) -> Problem:

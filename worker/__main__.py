@@ -11,6 +11,7 @@ import argparse
 import os
 
 from services.catalog.pools import POOLS
+from services.catalog.registry import catalog_or_exit
 from services.core.settings import load_settings
 from worker.profiles import EXPERIMENTS, worker_command
 
@@ -18,6 +19,8 @@ from worker.profiles import EXPERIMENTS, worker_command
 def main() -> None:
     # A bad variable stops it here in one line per problem, not in a traceback.
     settings = load_settings()
+    # Likewise a workload module that cannot be imported, or two workloads of one name.
+    catalog_or_exit()
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     role = parser.add_mutually_exclusive_group(required=True)
     role.add_argument("--pool", choices=sorted(POOLS), help="the pool whose queue it serves")

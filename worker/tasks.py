@@ -25,7 +25,8 @@ from celery.signals import celeryd_after_setup, task_failure, task_received, wor
 from gevent import monkey as gevent_monkey
 
 from services.broker.celery_app import RUN_JOB_TASK, get_celery
-from services.catalog.workloads import CATALOG
+from services.catalog.registry import ResultNotJson, Workload, json_result
+from services.catalog.workloads import CATALOG, FINGERPRINT
 from services.core.redis_clients import redis_client
 from services.core.settings import get_settings
 from services.core.vocabulary import JobState
@@ -220,9 +221,9 @@ def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
     job_id = record.id
     cpu_started = time.thread_time()
     try:
-        result = CATALOG[record.workload].run(record.params)
+        result = json_result(workload_here(record.workload).run(record.params))
     except Exception as exc:  # any failure of the workload is the job's, not the worker's
-        error = JobError(type=type(exc).__name__, message=str(exc))
+        error = JobError(type=error_type(exc), message=str(exc))
         errors = [*record.attempt_errors, error]
         common = {"attempt_errors": errors, "cpu_seconds": cpu_since(cpu_started)}
         if is_retryable(record.workload, exc) and len(errors) <= record.max_retries:
@@ -277,6 +278,32 @@ def cpu_since(started: float) -> float | None:
     if GREENLETS:
         return None
     return round(time.thread_time() - started, 6)
+
+
+class WorkloadNotOnWorker(Exception):
+    """The job names a workload this worker's catalog lacks: the API and this worker
+    were started with different JOBRUNNER_WORKLOADS (or package versions)."""
+
+
+def workload_here(name: str) -> Workload:
+    entry = CATALOG.get(name)
+    if entry is None:
+        raise WorkloadNotOnWorker(
+            f"worker {NODE_NAME or HOSTNAME} has no workload {name!r} (its catalog "
+            f"{FINGERPRINT}: {', '.join(CATALOG)}); start it with the API's "
+            "JOBRUNNER_WORKLOADS - /pools shows each worker's catalog"
+        )
+    return entry
+
+
+def error_type(exc: Exception) -> str:
+    """The job's error.type: the exception's class name, or for what jobrunner itself
+    refused, a stable name a client can match."""
+    if isinstance(exc, WorkloadNotOnWorker):
+        return "workload_not_on_worker"
+    if isinstance(exc, ResultNotJson):
+        return "result_not_json"
+    return type(exc).__name__
 
 
 def is_retryable(workload: str, exc: Exception) -> bool:

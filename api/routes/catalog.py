@@ -6,8 +6,8 @@ from spectree import Response as SpecResponse
 from api.models import WorkloadInfo, WorkloadList
 from api.openapi import spec
 from api.responses import json_response
-from services.catalog.pools import DEFAULT_POOL_FOR_KIND
-from services.catalog.workloads import CATALOG
+from services.catalog.pools import default_pool_for
+from services.catalog.workloads import CATALOG, FINGERPRINT
 from services.lab.executors import offered_executors
 
 blueprint = Blueprint("catalog", __name__)
@@ -23,11 +23,14 @@ def list_workloads() -> Response:
                 name=w.name,
                 kind=w.kind,
                 description=w.description,
-                default_pool=DEFAULT_POOL_FOR_KIND[w.kind],
+                default_pool=default_pool_for(w),
+                is_async=w.is_async,
+                ref=w.ref,
                 params_schema=w.params.model_json_schema(),
                 local_executors=offered_executors(w.name),
             )
             for w in CATALOG.values()
-        ]
+        ],
+        fingerprint=FINGERPRINT,
     )
     return json_response(body)

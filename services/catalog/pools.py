@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from services.catalog.registry import Workload
 from services.core.vocabulary import PoolName, WorkloadKind
 
 
@@ -45,3 +46,24 @@ POOLS: dict[str, PoolProfile] = {
 }
 
 DEFAULT_POOL_FOR_KIND: dict[WorkloadKind, PoolName] = {"io": "gevent", "cpu": "prefork"}
+
+
+def pool_cannot_run(workload: Workload, pool: str) -> str | None:
+    """Why `pool` cannot run `workload` well, or None when it can."""
+    if workload.is_async and POOLS[pool].celery_pool == "gevent":
+        # asyncio keeps one running loop per OS thread, and every greenlet of a gevent
+        # worker shares one thread: its async jobs would run one at a time.
+        return (
+            f"{workload.name} is an async workload, and gevent's greenlets share one OS "
+            "thread, where asyncio runs one event loop at a time (one job at a time)"
+        )
+    return None
+
+
+def default_pool_for(workload: Workload) -> str:
+    """The pool a job of `workload` goes to when it names none."""
+    if workload.default_pool is not None:
+        return workload.default_pool
+    if workload.is_async and workload.kind == "io":
+        return "threads"  # each thread has its own event loop; gevent cannot (above)
+    return DEFAULT_POOL_FOR_KIND[workload.kind]

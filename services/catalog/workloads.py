@@ -1,135 +1,96 @@
-"""The workload catalog: plain functions with a pydantic model for their parameters.
+"""The workload catalog of this process: the built-ins, the modules of installed packages
+(entry-point group `jobrunner.workloads`) and those named in JOBRUNNER_WORKLOADS, each
+imported once, every `@workload` in them registered (services/catalog/registry.py).
 
-A workload knows nothing of Celery or Flask, so every pool and every local executor runs
-the very same code. Each parameter is bounded so that one job always ends.
+The API and every worker load it the same way at start; each says its fingerprint (a
+hash of every name, kind and parameter schema), so a worker started with another catalog
+than the API's shows on /pools. A workload knows nothing of Celery or Flask, so every
+pool and every local executor runs the very same code.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+import importlib
+import json
+from importlib.metadata import entry_points
+from typing import Literal
 
 from services.catalog.errors import WorkloadError
-from services.catalog.http_get import HttpGetParams, check_allowed_host, http_get
-from services.core.vocabulary import WorkloadKind
+from services.catalog.registry import REGISTERED, RegistrationError, Workload
+from services.core.settings import get_settings
 
-__all__ = ["CATALOG", "Workload", "WorkloadError", "WorkloadName", "get_workload"]
+__all__ = [
+    "CATALOG",
+    "FINGERPRINT",
+    "RegistrationError",
+    "Workload",
+    "WorkloadError",
+    "WorkloadName",
+    "get_workload",
+]
 
-
-class NoopParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    value: Any = Field(None, description="Returned unchanged.")
-
-
-class SleepParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    seconds: float = Field(
-        ..., ge=0, le=60, strict=True, description="How long to block in time.sleep."
-    )
-
-
-class CpuHashParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rounds: int = Field(
-        ..., ge=1, le=5_000_000, strict=True, description="sha256 applications, chained."
-    )
+BUILTIN_MODULE = "services.catalog.builtin"
+ENTRY_POINT_GROUP = "jobrunner.workloads"
 
 
-class CpuPrimesParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    below: int = Field(
-        ..., ge=2, le=2_000_000, strict=True, description="Count the primes below this."
-    )
+def workload_modules() -> list[str]:
+    """The modules to import, in order, each once: the built-ins, installed packages'
+    entry points, then JOBRUNNER_WORKLOADS."""
+    named = [BUILTIN_MODULE]
+    named += [ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    named += get_settings().jobrunner_workloads
+    return list(dict.fromkeys(named))
 
 
-def noop(value: Any = None) -> Any:
-    return value
+def load_catalog(modules: list[str]) -> dict[str, Workload]:
+    """Import `modules` and return every workload registered, by name;
+    RegistrationError (one line) for a module that cannot be imported."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module.startswith(exc.name):
+                raise RegistrationError(
+                    f"the workload module {module!r} (JOBRUNNER_WORKLOADS, or an entry "
+                    f"point) is not importable here: no module {exc.name!r}; install its "
+                    "package, or add its folder to PYTHONPATH"
+                ) from None
+            raise RegistrationError(f"importing workloads from {module!r}: {exc}") from exc
+        except RegistrationError:
+            raise
+        except Exception as exc:  # the user's module failed while importing
+            raise RegistrationError(
+                f"importing workloads from {module!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+    return dict(REGISTERED)
 
 
-def sleep(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
+def fingerprint(catalog: dict[str, Workload]) -> str:
+    """Short hash of what a client can ask of the catalog: names, kinds, param schemas."""
+    described = {
+        name: [w.kind, w.params.model_json_schema()] for name, w in sorted(catalog.items())
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cpu_hash(rounds: int) -> str:
-    digest = b"jobrunner"
-    for _ in range(rounds):
-        digest = hashlib.sha256(digest).digest()
-    return digest.hex()
-
-
-def cpu_primes(below: int) -> int:
-    # Trial division by the primes found so far: pure Python, holds the GIL throughout.
-    primes: list[int] = []
-    for candidate in range(2, below):
-        limit = int(candidate**0.5)
-        for prime in primes:
-            if prime > limit:
-                primes.append(candidate)
-                break
-            if candidate % prime == 0:
-                break
-        else:
-            primes.append(candidate)
-    return len(primes)
-
-
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    kind: WorkloadKind
-    params: type[BaseModel]
-    function: Callable[..., Any]
-    description: str
-    # Failures worth another attempt (the network blinked), as opposed to bad input.
-    retryable: tuple[type[BaseException], ...] = ()
-
-    def validate(self, params: dict[str, Any]) -> BaseModel:
-        """Parse params into the workload's model (pydantic.ValidationError) and check
-        the operator's policy on them (WorkloadError)."""
-        parsed = self.params.model_validate(params)
-        self.check_policy(parsed)
-        return parsed
-
-    def check_policy(self, parsed: BaseModel) -> None:
-        """What configuration, not the schema, forbids: a host off the allow-list."""
-        if isinstance(parsed, HttpGetParams):
-            check_allowed_host(parsed)
-
-    def run(self, params: dict[str, Any]) -> Any:
-        """Run with already validated, JSON-shaped params."""
-        parsed = self.params.model_validate(params)
-        return self.function(**parsed.model_dump(mode="json"))
-
-
-CATALOG: dict[str, Workload] = {
-    w.name: w
-    for w in (
-        Workload("noop", "io", NoopParams, noop, "Returns its input; measures overhead."),
-        Workload("sleep", "io", SleepParams, sleep, "Blocking time.sleep, the I/O stand-in."),
-        Workload(
-            "http_get",
-            "io",
-            HttpGetParams,
-            http_get,
-            "A real blocking HTTP GET.",
-            retryable=(ConnectionError, TimeoutError),
-        ),
-        Workload("cpu_hash", "cpu", CpuHashParams, cpu_hash, "Chained sha256, pure CPU."),
-        Workload("cpu_primes", "cpu", CpuPrimesParams, cpu_primes, "Counts primes, pure Python."),
-    )
-}
-
+CATALOG: dict[str, Workload] = load_catalog(workload_modules())
+FINGERPRINT = fingerprint(CATALOG)
+_BY_REF = {w.ref: w for w in CATALOG.values()}
 
 # The catalog's names as a type, so a model's 422 lists the allowed values by itself.
 WorkloadName = Literal[tuple(CATALOG)]  # type: ignore[valid-type]
 
 
 def get_workload(name: str) -> Workload:
-    """The catalog entry named `name`; KeyError when there is none."""
-    return CATALOG[name]
+    """The catalog entry named `name` (or `module:function`); KeyError when there is none."""
+    entry = CATALOG.get(name) or _BY_REF.get(name)
+    if entry is None:
+        raise KeyError(name)
+    return entry
+
+
+def resolve_name(name: str) -> str:
+    """The catalog name of `name` or of `module:function`; `name` itself when unknown."""
+    entry = CATALOG.get(name) or _BY_REF.get(name)
+    return entry.name if entry else name

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"] = Field(
         "INFO", description="Celery log level of `python -m worker`."
     )
+    jobrunner_workloads: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Python modules whose @workload functions join the catalog, comma "
+        "separated (e.g. mypkg.jobs). The API and every worker must name the same ones.",
+    )
     jobrunner_run_dir: Path | None = Field(
         None,
         description="Where `make run` keeps logs, Redis's data and the local API key "
@@ -119,7 +124,7 @@ class Settings(BaseSettings):
             return [host.strip().lower() for host in value.split(",") if host.strip()]
         return value
 
-    @field_validator("jobrunner_api_keys", mode="before")
+    @field_validator("jobrunner_api_keys", "jobrunner_workloads", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 
 from services.broker.celery_app import RUN_JOB_TASK
 from services.broker.messages import MessageFactory
-from services.catalog.pools import DEFAULT_POOL_FOR_KIND, POOLS
+from services.catalog.pools import POOLS, default_pool_for
 from services.catalog.workloads import get_workload
 from services.core.ids import new_uuid4
 from services.core.vocabulary import JobState
@@ -41,7 +41,7 @@ def default_pool(spec: JobSpec) -> str:
     """The pool suited to the workload's kind; a time limit needs a pool that can kill."""
     if spec.time_limit is not None:
         return next(p.name for p in POOLS.values() if p.hard_time_limit)
-    return DEFAULT_POOL_FOR_KIND[get_workload(spec.workload).kind]
+    return default_pool_for(get_workload(spec.workload))
 
 
 def new_record(spec: JobSpec, job_id: str | None = None) -> JobRecord:

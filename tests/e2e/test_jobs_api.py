@@ -181,7 +181,11 @@ def test_pools_lists_live_workers_and_capabilities(stack: Stack) -> None:
 def test_workloads_are_listed_with_kind_and_schema(stack: Stack) -> None:
     body = stack.http.get(f"{stack.url}/workloads", timeout=10).json()
     catalog = {w["name"]: w for w in body["workloads"]}
-    assert set(catalog) == {"noop", "sleep", "http_get", "cpu_hash", "cpu_primes"}
+    assert set(catalog) == {
+        "noop", "sleep", "http_get", "cpu_hash", "cpu_primes", "cpu_hash_nogil", "mixed",
+        "allocate",
+    }  # fmt: skip
+    assert len(body["fingerprint"]) == 12
     assert catalog["sleep"]["kind"] == "io" and catalog["cpu_hash"]["kind"] == "cpu"
     assert catalog["sleep"]["params_schema"]["properties"]["seconds"]["maximum"] == 60
 

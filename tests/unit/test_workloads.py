@@ -7,8 +7,9 @@ import hashlib
 import pytest
 from pydantic import ValidationError
 
+from services.catalog.builtin import cpu_hash, cpu_primes
 from services.catalog.pools import POOLS
-from services.catalog.workloads import CATALOG, WorkloadError, cpu_hash, cpu_primes, get_workload
+from services.catalog.workloads import CATALOG, WorkloadError, get_workload
 from services.core.vocabulary import POOL_NAMES
 
 
@@ -60,6 +61,9 @@ def test_catalog_kinds() -> None:
         "http_get": "io",
         "cpu_hash": "cpu",
         "cpu_primes": "cpu",
+        "cpu_hash_nogil": "cpu",
+        "mixed": "io",
+        "allocate": "io",
     }
 
 
