@@ -132,6 +132,35 @@ class WorkerInfo(BaseModel):
     rtt_ms_to_redis: float | None = Field(
         None, description="The worker's median round trip to Redis, in ms."
     )
+    catalog: str | None = Field(
+        None,
+        description="The fingerprint of the worker's workload catalog (None: it gave no "
+        "report). Equal to /workloads' fingerprint when it runs every job the API accepts.",
+    )
+    catalog_matches: bool | None = Field(
+        None, description="Whether `catalog` is the API's (None: not known)."
+    )
+
+
+class CatalogMismatch(BaseModel):
+    """A worker whose workload catalog is not the API's: started with other
+    JOBRUNNER_WORKLOADS, or another version of a workload's package."""
+
+    worker: str = Field(..., description="Its Celery node name.")
+    catalog: str = Field(..., description="Its catalog's fingerprint.")
+    missing: list[str] = Field(
+        ...,
+        description="Workloads the API accepts and this worker lacks: their jobs fail on it "
+        "with error.type workload_not_on_worker.",
+    )
+    extra: list[str] = Field(
+        ..., description="Workloads this worker has and the API does not (no job asks for them)."
+    )
+    changed: list[str] = Field(
+        ...,
+        description="Workloads in both whose kind, async-ness or params schema differ: a job "
+        "the API accepts may fail validation on this worker.",
+    )
 
 
 class PoolCapabilities(BaseModel):
@@ -147,10 +176,25 @@ class PoolInfo(BaseModel):
     capabilities: PoolCapabilities
     workers: list[WorkerInfo]
     queued: int = Field(..., description="Messages waiting in the pool's queue.")
+    catalog_matches: bool = Field(
+        True, description="No worker of this pool is known to have another catalog than the API."
+    )
+    catalog_mismatch: list[CatalogMismatch] = Field(
+        default_factory=list, description="Its workers whose catalog differs, and how."
+    )
 
 
 class PoolList(BaseModel):
     pools: list[PoolInfo]
+    catalog: str = Field("", description="The API's catalog fingerprint (as /workloads says).")
+    catalog_matches: bool = Field(
+        True, description="No live worker is known to have another catalog than the API."
+    )
+    catalog_mismatch: list[CatalogMismatch] = Field(
+        default_factory=list,
+        description="Every worker whose catalog differs, once each (a worker may serve "
+        "several pools).",
+    )
 
 
 class Health(BaseModel):

@@ -49,7 +49,7 @@ def checked_spec(submission: Any) -> JobSpec:
     try:
         workload.check_policy(submission.params)
     except WorkloadError as exc:
-        raise field_problem("params.url", str(exc)) from None
+        raise field_problem(f"params.{exc.field}" if exc.field else "params", str(exc)) from None
     # What the job leaves out, its workload's @workload(...) defaults say.
     given = submission.model_fields_set
     time_limit = submission.time_limit if "time_limit" in given else workload.time_limit
@@ -57,7 +57,8 @@ def checked_spec(submission: Any) -> JobSpec:
     if submission.pool is not None:
         check_pool_runs(workload, submission.pool)
     if time_limit is not None:
-        check_time_limit(time_limit, submission.pool)
+        by_default = "time_limit" not in given
+        check_time_limit(time_limit, submission.pool, workload.name if by_default else None)
     if max_retries > 0:
         check_backoff(submission.backoff, max_retries)
     return JobSpec(
@@ -101,21 +102,28 @@ def field_problem(field: str, message: str) -> Problem:
     )
 
 
-def check_time_limit(time_limit: int, pool: str | None) -> None:
+def check_time_limit(time_limit: int, pool: str | None, default_of: str | None = None) -> None:
+    """A time limit the pool can enforce, and short enough. `default_of`: the workload
+    whose @workload(time_limit=...) it is (the job named none), said in the 422 since the
+    client never wrote it, with how to go without it."""
     settings = api_context().settings
+    origin, way_out = "", ""
+    if default_of is not None:
+        origin = f"{default_of}'s default time_limit of {time_limit} s: "
+        way_out = '; or send "time_limit": null to run without one'
     if time_limit > settings.job_max_time_limit:
         raise field_problem(
             "time_limit",
-            f"at most {settings.job_max_time_limit} s (JOB_MAX_TIME_LIMIT, kept below "
+            f"{origin}at most {settings.job_max_time_limit} s (JOB_MAX_TIME_LIMIT, kept below "
             f"JOB_VISIBILITY_TIMEOUT={settings.job_visibility_timeout} s so a job still "
-            "running is never delivered twice)",
+            f"running is never delivered twice){way_out}",
         )
     if pool is not None and not POOLS[pool].hard_time_limit:
         able = ", ".join(p.name for p in POOLS.values() if p.hard_time_limit)
         raise field_problem(
             "time_limit",
-            f"pool {pool!r} cannot enforce a time limit (a thread or greenlet cannot be "
-            f"killed); pools that can: {able}",
+            f"{origin}pool {pool!r} cannot enforce a time limit (a thread or greenlet cannot "
+            f"be killed); pools that can: {able}{way_out}",
         )
 
 

@@ -7,7 +7,8 @@ and cores that are not the asker's. So the worker answers three commands (their 
 reply shapes are in services/broker/inspection.py):
 
 - SELF_REPORT: host, node, pid, cores, concurrency, RSS and CPU seconds of the main
-  process and its pool's children, and its round trip to Redis.
+  process and its pool's children, its round trip to Redis, and its workload catalog
+  (fingerprint and a hash per workload: GET /pools names what differs from the API's).
 - MEASURE_START / MEASURE_STOP: a measurement the lab opens around one target's run;
   the reply to STOP holds the peak RSS over that span and the CPU seconds it used.
 
@@ -46,6 +47,7 @@ from services.broker.inspection import (
     encode,
     redis_rtt_ms,
 )
+from services.catalog.workloads import FINGERPRINT, WORKLOAD_FINGERPRINTS
 from services.lab.peak_rss import PeakRss
 from worker.tasks import job_store
 
@@ -89,6 +91,8 @@ def self_report(state: Any, **_: Any) -> dict[str, Any]:
         # Linux reports ru_maxrss in KiB.
         max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         rtt_ms_to_redis=rtt,
+        catalog=FINGERPRINT,
+        workloads=WORKLOAD_FINGERPRINTS,
     )
     return encode(report)
 

@@ -1,5 +1,7 @@
 """/pools: each pool, what it can enforce, and its live workers: which queue each consumes
-(Celery's inspection) and where it runs (host, node, pid), as each says of itself."""
+(Celery's inspection), where it runs (host, node, pid), as each says of itself, and
+whether its workload catalog is the API's (a worker started without the user's module
+fails those jobs: this is where the operator sees it before a job does)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ from spectree import Response as SpecResponse
 
 from api.context import api_context
 from api.errors import problem_responses
-from api.models import PoolCapabilities, PoolInfo, PoolList, WorkerInfo
+from api.models import CatalogMismatch, PoolCapabilities, PoolInfo, PoolList, WorkerInfo
 from api.openapi import spec
 from api.responses import json_response
 from services.broker.inspection import LiveWorker, live_workers
 from services.catalog.pools import POOLS
+from services.catalog.workloads import FINGERPRINT, catalog_difference
 
 blueprint = Blueprint("pools", __name__)
 
@@ -27,11 +30,14 @@ INSPECT_TIMEOUT_SECONDS = 1.0
     skip_validation=True,
 )
 def list_pools() -> Response:
-    """The pools, their capabilities, queue depth and the workers serving them now."""
+    """The pools, their capabilities, queue depth, the workers serving them now, and
+    which of those have another workload catalog than the API."""
     workers = live_workers(api_context().celery, INSPECT_TIMEOUT_SECONDS)
     redis = api_context().store.redis
-    body = PoolList(
-        pools=[
+    pools = []
+    for p in POOLS.values():
+        mismatches = [m for w in workers[p.name] if (m := catalog_mismatch(w)) is not None]
+        pools.append(
             PoolInfo(
                 name=p.name,
                 queue=p.queue,
@@ -43,9 +49,17 @@ def list_pools() -> Response:
                 ),
                 workers=[worker_info(w) for w in workers[p.name]],
                 queued=redis.llen(p.queue),
+                catalog_matches=not mismatches,
+                catalog_mismatch=mismatches,
             )
-            for p in POOLS.values()
-        ]
+        )
+    # A worker consuming several pools' queues is one worker: named once.
+    every = {m.worker: m for pool in pools for m in pool.catalog_mismatch}
+    body = PoolList(
+        pools=pools,
+        catalog=FINGERPRINT,
+        catalog_matches=not every,
+        catalog_mismatch=list(every.values()),
     )
     return json_response(body)
 
@@ -58,4 +72,21 @@ def worker_info(worker: LiveWorker) -> WorkerInfo:
         host=worker.host,
         cores=worker.cores,
         rtt_ms_to_redis=worker.rtt_ms_to_redis,
+        catalog=worker.catalog,
+        catalog_matches=None if worker.catalog is None else worker.catalog == FINGERPRINT,
+    )
+
+
+def catalog_mismatch(worker: LiveWorker) -> CatalogMismatch | None:
+    """How the worker's catalog differs from the API's; None when it does not, or when
+    the worker did not say (one of an older version)."""
+    if worker.catalog is None or worker.catalog == FINGERPRINT:
+        return None
+    difference = catalog_difference(worker.workloads or {})
+    return CatalogMismatch(
+        worker=worker.node,
+        catalog=worker.catalog,
+        missing=difference.missing,
+        extra=difference.extra,
+        changed=difference.changed,
     )

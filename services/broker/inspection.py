@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, TypeVar
 
 import redis
@@ -49,6 +49,11 @@ class SelfReport:
     cpu_seconds: float  # user + system since it started, main process and children
     max_rss_bytes: int  # lifetime peak of the main process alone (ru_maxrss)
     rtt_ms_to_redis: float | None  # median round trip of a few PINGs on its job store
+    # Its workload catalog (services/catalog/workloads.py): the fingerprint, and a hash
+    # per workload name, so that a difference from the API's can be named. None from a
+    # worker that predates them.
+    catalog: str | None = None
+    workloads: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class LiveWorker:
     host: str | None = None
     cores: int | None = None
     rtt_ms_to_redis: float | None = None
+    catalog: str | None = None  # its catalog's fingerprint
+    workloads: dict[str, str] | None = None  # a hash of each of its workloads, by name
 
 
 def live_workers(celery: Celery, timeout: float = 1.0) -> dict[str, list[LiveWorker]]:
@@ -106,6 +113,7 @@ def describe(node: str, report: SelfReport | None, stats: dict[str, Any]) -> dic
             "node": node, "concurrency": report.concurrency, "pid": report.pid,
             "max_rss_bytes": report.max_rss_bytes, "host": report.host,
             "cores": report.cores, "rtt_ms_to_redis": report.rtt_ms_to_redis,
+            "catalog": report.catalog, "workloads": report.workloads,
         }  # fmt: skip
     rusage = stats.get("rusage")
     return {
@@ -167,12 +175,14 @@ def encode(reply: SelfReport | Measured) -> dict[str, Any]:
 
 
 def decode(kind: type[T], body: dict[str, Any]) -> T | None:
-    """A reply read back; None if it lacks a field (a worker of another version). Fields
-    a newer worker adds are left out."""
-    names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
-    if not names <= set(body):
+    """A reply read back; None if it lacks a required field (a worker of another
+    version). Fields with a default may be missing (an older worker); fields a newer
+    worker adds are left out."""
+    known = fields(kind)  # type: ignore[arg-type]
+    required = {f.name for f in known if f.default is MISSING and f.default_factory is MISSING}
+    if not required <= set(body):
         return None
-    return kind(**{name: body[name] for name in names})
+    return kind(**{f.name: body[f.name] for f in known if f.name in body})
 
 
 def redis_rtt_ms(client: redis.Redis, pings: int = RTT_PINGS) -> float:

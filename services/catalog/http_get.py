@@ -125,5 +125,6 @@ def check_allowed_host(params: HttpGetParams) -> None:
     if not http_host_allowed(str(params.url)):
         raise WorkloadError(
             f"host {params.url.host!r} is not allowed; allowed hosts: "
-            + ", ".join(get_settings().job_http_allowed_hosts)
+            + ", ".join(get_settings().job_http_allowed_hosts),
+            field="url",
         )

@@ -63,7 +63,10 @@ def pool_cannot_run(workload: Workload, pool: str) -> str | None:
 def default_pool_for(workload: Workload) -> str:
     """The pool a job of `workload` goes to when it names none."""
     if workload.default_pool is not None:
-        return workload.default_pool
+        return workload.default_pool  # checked at load to run it and enforce its limit
+    if workload.time_limit is not None:
+        # Its jobs have a time limit unless they say otherwise: a pool that can kill.
+        return next(p.name for p in POOLS.values() if p.hard_time_limit)
     if workload.is_async and workload.kind == "io":
         return "threads"  # each thread has its own event loop; gevent cannot (above)
     return DEFAULT_POOL_FOR_KIND[workload.kind]

@@ -75,7 +75,7 @@ class Workload:
         if self.takes_model:
             return self.function(parsed)
         # The parsed values, typed as the signature says (a datetime stays a datetime).
-        return self.function(**{name: getattr(parsed, name) for name in parsed.model_fields})
+        return self.function(**{name: getattr(parsed, name) for name in type(parsed).model_fields})
 
     def run(self, params: dict[str, Any]) -> Any:
         """Run to the end in this thread; an async workload on this thread's own loop."""
@@ -111,7 +111,13 @@ def _thread_loop() -> asyncio.Runner:
 def params_model(function: Callable[..., Any], name: str) -> tuple[type[BaseModel], bool]:
     """The pydantic model of `function`'s parameters, and whether it takes that model
     itself (its one parameter is annotated with a BaseModel)."""
-    hints = typing.get_type_hints(function, include_extras=True)
+    try:
+        hints = typing.get_type_hints(function, include_extras=True)
+    except NameError as exc:  # a string annotation naming what the module does not hold
+        raise RegistrationError(
+            f"workload {name!r}: its type hints cannot be resolved ({exc}); annotate with "
+            "types the module defines or imports at its top level"
+        ) from None
     parameters = list(inspect.signature(function).parameters.values())
     for parameter in parameters:
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
@@ -192,7 +198,13 @@ def workload(
         REGISTERED[workload_name] = entry
         return fn
 
-    return register(function) if function is not None else register
+    if function is None:
+        return register
+    if not callable(function):  # @workload("cpu"): the options are keywords
+        raise RegistrationError(
+            f"@workload got {function!r}; pass its options by name, e.g. @workload(kind='cpu')"
+        )
+    return register(function)
 
 
 def catalog_or_exit() -> None:
@@ -201,4 +213,5 @@ def catalog_or_exit() -> None:
     try:
         importlib.import_module("services.catalog.workloads")
     except RegistrationError as exc:
-        sys.exit(f"jobrunner: {exc}")
+        # One line even when the user's exception spoke in several.
+        sys.exit("jobrunner: " + " ".join(str(exc).split()))
