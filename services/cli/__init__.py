@@ -1,5 +1,6 @@
-"""`jobrunner`, the command-line client: it speaks HTTP to the API and imports no server
-code (an import-linter contract in pyproject.toml holds it to that).
+"""`jobrunner`, the command-line client: it speaks HTTP to the API through the Python
+client (services/client/, `from jobrunner import Client`) and imports no server code (an
+import-linter contract in pyproject.toml holds it to that).
 
 It finds the API at --api, else JOBRUNNER_URL, else http://127.0.0.1:8000, and its key in
 JOBRUNNER_API_KEY, else in the key file `make run` writes (.run/api-key).

@@ -1,5 +1,5 @@
 """`jobrunner`: the command-line client of the HTTP API (the app and its small commands;
-`compare` is in services/cli/compare.py).
+`compare` is in services/cli/compare.py), built on the Python client (services/client/).
 
 It finds the API at --api, else JOBRUNNER_URL, else http://127.0.0.1:8000, and its key in
 JOBRUNNER_API_KEY, else in the key file `make run` writes (.run/api-key).
@@ -8,7 +8,6 @@ JOBRUNNER_API_KEY, else in the key file `make run` writes (.run/api-key).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.client import ApiError, Client
-from services.core.vocabulary import FINAL_JOB_STATES
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
@@ -84,27 +82,27 @@ def submit(
             return
         if not workload:
             raise ApiError("name a WORKLOAD (see `jobrunner workloads`), or give --batch FILE")
-        body: dict[str, Any] = {"workload": workload, "params": params_of(param)}
-        if pool:
-            body["pool"] = pool
-        record = client.json("POST", "/jobs", json=body)
+        job = client.submit(workload, params_of(param), pool=pool)
         if not wait:
-            show_record(record)
+            show_record(job.record)
             return
-        with console.status(f"{workload} on {record['pool']}: {record['state']}") as status:
-            while record["state"] not in FINAL_JOB_STATES:
-                time.sleep(0.1)
-                record = client.json("GET", f"/jobs/{record['id']}")
-                status.update(f"{workload} on {record['pool']}: {record['state']}")
-        show_record(record)
-        if record["state"] != "succeeded":
+        with console.status(f"{workload} on {job.record['pool']}: {job.state}") as status:
+            job.wait(
+                timeout=None,
+                progress=lambda job: status.update(
+                    f"{workload} on {job.record['pool']}: {job.state}"
+                ),
+            )
+        show_record(job.record)
+        if job.state != "succeeded":
             raise typer.Exit(2)
 
     run(go)
 
 
 def submit_batch(client: Client, path: Path) -> None:
-    """POST /jobs/batch, 1,000 jobs a request; each request is all or nothing."""
+    """The file's jobs, 1,000 a request (Client.submit_many); each request is all or
+    nothing, and a refused one says which jobs it held and how many went before."""
     text = path.read_text()
     try:
         if text.lstrip().startswith("["):
@@ -113,29 +111,20 @@ def submit_batch(client: Client, path: Path) -> None:
             jobs = [json.loads(line) for line in text.splitlines() if line.strip()]
     except ValueError as exc:
         raise ApiError(f"{path}: neither JSON lines nor a JSON array ({exc})") from None
-    accepted = 0
-    for start in range(0, len(jobs), 1_000):
-        chunk = jobs[start : start + 1_000]
-        try:
-            answer = client.json("POST", "/jobs/batch", json={"jobs": chunk})
-        except ApiError as exc:
-            raise ApiError(
-                f"jobs {start}..{start + len(chunk) - 1}: {exc} ({accepted} accepted before)"
-            ) from None
-        accepted += len(answer["jobs"])
-    console.print(f"accepted {accepted} jobs")
+    accepted = client.submit_many(jobs)
+    console.print(f"accepted {len(accepted)} jobs")
 
 
 @app.command()
 def status(job_id: str, api: ApiOption = None) -> None:
     """A job's state, where it ran, its result or error."""
-    run(lambda: show_record(Client(api).json("GET", f"/jobs/{job_id}")))
+    run(lambda: show_record(Client(api).job(job_id).record))
 
 
 @app.command()
 def cancel(job_id: str, api: ApiOption = None) -> None:
     """Cancel a job (queued: never runs; running on prefork: stopped)."""
-    run(lambda: show_record(Client(api).json("DELETE", f"/jobs/{job_id}")))
+    run(lambda: show_record(Client(api).job(job_id).cancel().record))
 
 
 @app.command()
@@ -146,13 +135,12 @@ def jobs(
     limit: Annotated[int, typer.Option()] = 20,
     api: ApiOption = None,
 ) -> None:
-    """Recent jobs, newest first."""
+    """Recent jobs, newest first (--limit past 500 is fetched a page at a time)."""
 
     def go() -> None:
-        query = {k: v for k, v in dict(state=state, pool=pool, workload=workload).items() if v}
-        page = Client(api).json("GET", "/jobs", params={**query, "limit": limit})
+        listed = Client(api).jobs(state=state, pool=pool, workload=workload, limit=limit)
         table = Table("id", "workload", "pool", "state", "attempts", "took (s)")
-        for job in page["jobs"]:
+        for job in listed:
             took = (
                 f"{job['finished_at'] - job['submitted_at']:.3f}" if job.get("finished_at") else ""
             )
@@ -172,7 +160,7 @@ def pools(api: ApiOption = None) -> None:
         table = Table(
             "pool", "suited to", "queued", "workers", "time limit", "terminate", "memory isolation"
         )
-        for pool in Client(api).json("GET", "/pools")["pools"]:
+        for pool in Client(api).pools().values():
             caps = pool["capabilities"]
             workers = ", ".join(f"{w['node']} (x{w['concurrency']})" for w in pool["workers"])
             flags = ("hard_time_limit", "terminate_running", "memory_isolation")
@@ -191,7 +179,7 @@ def workloads(api: ApiOption = None) -> None:
 
     def go() -> None:
         table = Table("workload", "kind", "default pool", "params")
-        for w in Client(api).json("GET", "/workloads")["workloads"]:
+        for w in Client(api).workloads():
             params = ", ".join(w["params_schema"].get("properties", {}))
             table.add_row(w["name"], w["kind"], w["default_pool"], params)
         console.print(table)
