@@ -5,6 +5,8 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY worker ./worker
 COPY services ./services
+# The public package users import in their own workloads (from jobrunner import workload).
+COPY jobrunner ./jobrunner
 RUN pip install --no-cache-dir . \
     && useradd --create-home jobrunner
 USER jobrunner

@@ -1,0 +1,1 @@
+"""Example jobrunner workloads on text; the workloads themselves are in textjobs.jobs."""
