@@ -126,7 +126,7 @@ class Stack(Launcher, JobsApi):
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the API answers and every started worker answers Celery's ping."""
         assert self.redis_url is not None
-        celery = make_celery(Settings(redis_url=self.redis_url))
+        celery = make_celery(self.settings())
 
         def live_nodes() -> set[str]:
             return {node for reply in celery.control.ping(timeout=0.5) for node in reply}
@@ -148,9 +148,15 @@ class Stack(Launcher, JobsApi):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    def settings(self) -> Settings:
+        """The settings the stack's processes run with (its environment), for the clients
+        a test makes: the same Redis, with the same TLS files."""
+        env = self.env
+        return Settings(**{f: env[f.upper()] for f in Settings.model_fields if f.upper() in env})
+
     def redis(self) -> redis.Redis:
         assert self.redis_url is not None
-        return redis_client(self.redis_url)
+        return redis_client(self.redis_url, settings=self.settings())
 
 
 def makespan(records: list[dict]) -> float:

@@ -11,6 +11,7 @@ from functools import lru_cache
 from celery import Celery
 
 from services.broker.transport import TRANSPORT_PATH
+from services.core.redis_clients import tls_options
 from services.core.settings import Settings, get_settings
 
 RUN_JOB_TASK = "jobrunner.run_job"
@@ -62,6 +63,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
             "socket_keepalive": True,
             "health_check_interval": settings.redis_health_check_interval,
         },
+        # rediss://: the same certificate checks as every other client.
+        "broker_use_ssl": tls_options(settings.redis_url, settings) or None,
         "broker_connection_retry_on_startup": True,
         # The process's own logging setup (gunicorn's, the local runner's) stays as it is.
         "worker_hijack_root_logger": False,

@@ -10,9 +10,28 @@ the kernel gives up on TCP, many seconds or never.
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 import redis
 
 from services.core.settings import Settings, get_settings
+
+
+def tls_options(url: str, settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS options for a rediss:// URL (empty for redis://): the server's
+    certificate checked against REDIS_TLS_CA_FILE and the URL's host, and this client's
+    own certificate when one is set. kombu takes the same keys (broker_use_ssl)."""
+    if urlsplit(url).scheme != "rediss":
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
+    if settings.redis_tls_cert_file:
+        options["ssl_certfile"] = str(settings.redis_tls_cert_file)
+    if settings.redis_tls_key_file:
+        options["ssl_keyfile"] = str(settings.redis_tls_key_file)
+    return options
 
 
 def redis_client(
@@ -41,6 +60,7 @@ def redis_client(
         "socket_connect_timeout": connect_timeout or settings.redis_connect_timeout,
         "socket_keepalive": True,
         "health_check_interval": settings.redis_health_check_interval,
+        **tls_options(url, settings),
     }
     if max_connections is None:
         return redis.Redis.from_url(url, **options)

@@ -41,6 +41,19 @@ class Settings(BaseSettings):
         description="A connection idle this many seconds is checked with a PING before "
         "use, so a connection the network dropped silently fails fast (0: never).",
     )
+    redis_tls_ca_file: Path | None = Field(
+        None,
+        description="With a rediss:// REDIS_URL: the CA that signed Redis's certificate "
+        "(unset: the system's CAs). The certificate's name is checked against the URL's host.",
+    )
+    redis_tls_cert_file: Path | None = Field(
+        None,
+        description="With rediss://: this client's certificate, for a Redis started with "
+        "tls-auth-clients yes (with REDIS_TLS_KEY_FILE).",
+    )
+    redis_tls_key_file: Path | None = Field(
+        None, description="With rediss://: the private key of REDIS_TLS_CERT_FILE."
+    )
     job_result_ttl: int = Field(
         86_400, ge=60, description="Seconds a job record (and its result) is kept."
     )

@@ -12,12 +12,23 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from services.devstack.processes import die_with_launcher
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A TLS-only Redis: its certificate and key, and the CA its clients' certificates
+    must be signed by (tls-auth-clients yes)."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 def free_port() -> int:
@@ -52,6 +63,10 @@ class RedisServer:
         bind: str = "127.0.0.1",
         command_prefix: list[str] | None = None,
         reach: Callable[[Callable[[], Any]], Any] | None = None,
+        tls: TlsFiles | None = None,
+        users: dict[str, str] | None = None,
+        client_tls: dict[str, str] | None = None,
+        username: str | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -63,20 +78,38 @@ class RedisServer:
         self.bind = bind
         self.command_prefix = command_prefix or []
         self.reach = reach or (lambda call: call())
+        # TLS only (no plain port), and ACL users as `name: rules` (e.g. "on >secret
+        # ~jobrunner:* +@all"); the URL then names the first user. `client_tls` is what
+        # its readiness check presents (ssl_ca_certs, ssl_certfile, ssl_keyfile).
+        self.tls = tls
+        self.users = users or {}
+        self.client_tls = client_tls or {}
+        self.username = username  # the ACL user the URL names (with `password`)
         self.process: subprocess.Popen[bytes] | None = None
+
+    def url_for(self, user: str | None = None, password: str | None = None) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        auth = f"{user or ''}:{password}@" if password else ""
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "127.0.0.1") else self.bind
+        return f"{scheme}://{auth}{host}:{self.port}/0"
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        host = "127.0.0.1" if self.bind in ("0.0.0.0", "127.0.0.1") else self.bind
-        return f"redis://{auth}{host}:{self.port}/0"
+        return self.url_for(self.username, self.password)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "yes",
+            ]  # fmt: skip
         argv = [
             *self.command_prefix,
             redis_server_binary(),
-            "--port", str(self.port),
+            *ports,
             "--bind", self.bind,
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
@@ -84,8 +117,10 @@ class RedisServer:
             "--save", "",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        if self.password:
+        if self.password and not self.username:
             argv += ["--requirepass", self.password]
+        for name, rules in self.users.items():
+            argv += ["--user", name, *rules.split()]
         if self.bind != "127.0.0.1":
             # Serving other hosts on purpose (a test bed's Redis host, behind its own
             # network namespace): protected mode would refuse them without a password.
@@ -106,7 +141,7 @@ class RedisServer:
         self.reach(lambda: self._wait_ready(timeout))
 
     def _wait_ready(self, timeout: float) -> None:
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, **self.client_tls)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -280,3 +280,40 @@ def test_the_worker_only_compose_file_runs_compose_workers_against_a_remote_redi
         environment = {k.lower(): v for k, v in service["environment"].items() if v != ""}
         assert set(environment) <= set(Settings.model_fields), name
         assert Settings(**environment).redis_url == remote
+
+
+def test_the_tls_compose_file_runs_redis_as_users_acl_says_and_every_app_with_tls() -> None:
+    """deploy/redis/docker-compose.tls.yml: Redis on TLS only, with the rules of
+    deploy/redis/users.acl (the file tests/e2e/test_redis_tls_acl.py runs the stack under),
+    and every app service pointed at it as that user, with the client certificate."""
+    tls_file = ROOT / "deploy" / "redis" / "docker-compose.tls.yml"
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must validate the compose file: install docker-compose")
+        pytest.skip("docker-compose is not installed (.ci/run installs it)")
+    env = {**os.environ, "REDIS_PASSWORD": TEST_REDIS_PASSWORD}
+    rendered = subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), "-f", str(tls_file), "config"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    services = yaml.safe_load(rendered.stdout)["services"]
+    rules = {
+        line.split(" ", 2)[1]: line.split(" ", 2)[2].replace("PASSWORD", TEST_REDIS_PASSWORD)
+        for line in (ROOT / "deploy" / "redis" / "users.acl").read_text().splitlines()
+        if line.startswith("user ")
+    }
+    command = services["redis"]["command"]
+    command = " ".join(command) if isinstance(command, list) else command
+    assert "--port 0 --tls-port 6379 --tls-auth-clients yes" in command
+    for name, user_rules in rules.items():
+        assert f"--user {name} {user_rules}" in command, name
+    for name, service in services.items():
+        if name == "redis":
+            continue
+        environment = service["environment"]
+        assert environment["REDIS_URL"].startswith("rediss://jobrunner:"), name
+        assert Settings(
+            **{k.lower(): v for k, v in environment.items() if v != ""}
+        ).redis_tls_key_file
