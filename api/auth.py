@@ -14,12 +14,14 @@ import logging
 import time
 from dataclasses import dataclass
 
+import redis
 from flask import Flask, g, request
 
 from api.context import api_context
 from api.errors import Problem
 from services.core import redis_keys
 from services.core.api_keys import key_digest
+from services.core.redis_clients import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,14 @@ def enforce_rate_limit(client_name: str, limit: int) -> None:
     pipe = api_context().store.redis.pipeline(transaction=False)
     pipe.incr(counter)
     pipe.expire(counter, 2)
-    count, _ = pipe.execute()
+    try:
+        count, _ = pipe.execute()
+    except redis.ResponseError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # Redis is full: the request cannot be counted. Reads must go on (a client
+        # watching its jobs), and every write is refused by Redis itself (a 507).
+        return
     if count > limit:
         raise Problem(
             429, "Too Many Requests",

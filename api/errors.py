@@ -11,6 +11,9 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from services.core.redis_clients import is_out_of_memory
+from services.jobs.submission import RedisFull
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -69,11 +72,23 @@ def found(value: T | None, detail: str) -> T:
     return value
 
 
-def broker_problem() -> Problem:
-    """Redis did not take a submission: a 503 saying nothing was accepted."""
+def broker_problem(exc: Exception | None = None) -> Problem:
+    """Redis did not take a submission: a 503 saying nothing was accepted, or a 507 when
+    Redis is full (it takes jobs again once memory frees)."""
+    if exc is not None and (isinstance(exc, RedisFull) or is_out_of_memory(exc)):
+        return redis_full_problem()
     return Problem(
         503, "Service Unavailable", "Redis did not take the job; nothing was queued",
         headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
+def redis_full_problem() -> Problem:
+    return Problem(
+        507, "Insufficient Storage",
+        "Redis is full (maxmemory reached, noeviction): nothing was stored; it takes jobs "
+        "again as finished jobs expire (JOB_RESULT_TTL) or when given more memory",
+        headers={"Retry-After": "10"},
     )  # fmt: skip
 
 
@@ -109,6 +124,9 @@ def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     @app.errorhandler(OperationalError)
     def _redis_down(exc: Exception) -> Response:
+        if is_out_of_memory(exc):
+            log.warning("Redis is full: %s", exc)
+            return redis_full_problem().response()
         log.warning("Redis unavailable: %s", exc)
         return Problem(
             503,

@@ -25,7 +25,7 @@ def _larger_body_for_batches() -> None:
 @blueprint.post("/jobs/batch")
 @spec.validate(
     json=BatchSubmission,
-    resp=SpecResponse(HTTP_202=BatchAccepted, **problem_responses(400, 413, 422, 503)),
+    resp=SpecResponse(HTTP_202=BatchAccepted, **problem_responses(400, 413, 422, 503, 507)),
     tags=["jobs"],
     skip_validation=True,
 )
@@ -36,6 +36,6 @@ def create_batch() -> Response:
     ctx = api_context()
     try:
         records = submit_jobs(ctx.store, ctx.celery, specs)
-    except BrokerUnavailable:
-        raise broker_problem() from None
+    except BrokerUnavailable as exc:
+        raise broker_problem(exc) from None
     return json_response(BatchAccepted(jobs=records), 202)

@@ -29,7 +29,7 @@ def find_job(job_id: str) -> JobRecord:
 @blueprint.post("/jobs")
 @spec.validate(
     json=JobSubmission,
-    resp=SpecResponse(HTTP_202=JobRecord, **problem_responses(400, 413, 422, 503)),
+    resp=SpecResponse(HTTP_202=JobRecord, **problem_responses(400, 413, 422, 503, 507)),
     tags=["jobs"],
     skip_validation=True,
 )
@@ -52,8 +52,8 @@ def create_job() -> Response:
         raise field_problem(
             "Idempotency-Key", "already used with a different request body"
         ) from None
-    except BrokerUnavailable:
-        raise broker_problem() from None
+    except BrokerUnavailable as exc:
+        raise broker_problem(exc) from None
     response = record_response(record, 202)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -72,8 +72,8 @@ def retry_job(job_id: str) -> Response:
     ctx = api_context()
     try:
         requeued = requeue_job(ctx.store, ctx.celery, job_id)
-    except BrokerUnavailable:
-        raise broker_problem() from None
+    except BrokerUnavailable as exc:
+        raise broker_problem(exc) from None
     if requeued is None:
         raise Problem(
             409, "Not retryable", f"job {job_id} is {record.state}; only failed or cancelled "

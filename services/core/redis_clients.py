@@ -68,3 +68,18 @@ def redis_client(
         url, max_connections=max_connections, timeout=wait_for_connection, **options
     )
     return redis.Redis(connection_pool=pool)
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """Redis refused a write because it reached `maxmemory` with `noeviction`: nothing of
+    that command (or script, or MULTI) was written, and reads still work."""
+    # redis-py raises OutOfMemoryError for a command; inside a script or a MULTI the
+    # refusal reaches it as another ResponseError, worded by Redis; kombu wraps either in
+    # its OperationalError (the cause kept).
+    while exc is not None:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+            isinstance(exc, redis.ResponseError) and "> 'maxmemory'" in str(exc)
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

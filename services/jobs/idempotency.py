@@ -23,7 +23,13 @@ from kombu.exceptions import OperationalError
 from services.core import redis_keys
 from services.jobs.record import JobRecord
 from services.jobs.store import JobStore
-from services.jobs.submission import BrokerUnavailable, JobSpec, job_messages, new_record
+from services.jobs.submission import (
+    BrokerUnavailable,
+    JobSpec,
+    job_messages,
+    new_record,
+    unavailable,
+)
 
 # Rounds of WATCH, read, write: each lost round means another request committed the key,
 # which the next round finds, so two are enough; more only under a storm of Redis errors.
@@ -67,7 +73,7 @@ def submit_once(
                     # watched, the outcome unknown): the next round reads what is there.
                     continue
     except (OperationalError, redis.RedisError) as exc:
-        raise BrokerUnavailable(str(exc)) from exc
+        raise unavailable(exc) from exc
     raise BrokerUnavailable(f"Idempotency-Key {key!r}: Redis kept changing under the claim")
 
 

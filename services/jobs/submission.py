@@ -16,6 +16,7 @@ from services.broker.messages import MessageFactory
 from services.catalog.pools import POOLS, default_pool_for
 from services.catalog.workloads import get_workload
 from services.core.ids import new_uuid4
+from services.core.redis_clients import is_out_of_memory
 from services.core.vocabulary import JobState
 from services.jobs.record import JobRecord
 from services.jobs.store import JobStore
@@ -23,6 +24,16 @@ from services.jobs.store import JobStore
 
 class BrokerUnavailable(Exception):
     """Redis could not take the job; nothing was accepted."""
+
+
+class RedisFull(BrokerUnavailable):
+    """Redis reached its maxmemory (noeviction) and refused the write; nothing was
+    accepted, and it takes jobs again once memory frees (records expire, or more memory)."""
+
+
+def unavailable(exc: Exception) -> BrokerUnavailable:
+    """The BrokerUnavailable to raise for a failed write to Redis: RedisFull when full."""
+    return RedisFull(str(exc)) if is_out_of_memory(exc) else BrokerUnavailable(str(exc))
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ def send_job_message(
             **send_options(record, task_id),
         )  # fmt: skip
     except (OperationalError, redis.RedisError) as exc:
-        raise BrokerUnavailable(str(exc)) from exc
+        raise unavailable(exc) from exc
 
 
 @lru_cache(maxsize=16)
@@ -111,7 +122,7 @@ def store_and_send(store: JobStore, celery: Celery, records: list[JobRecord]) ->
     try:
         store.create_many(records, messages=job_messages(celery, records))
     except (OperationalError, redis.RedisError) as exc:
-        raise BrokerUnavailable(str(exc)) from exc
+        raise unavailable(exc) from exc
 
 
 def submit_job(
