@@ -21,7 +21,7 @@ from api.context import api_context
 from api.errors import Problem
 from services.core import redis_keys
 from services.core.api_keys import key_digest
-from services.core.redis_clients import is_out_of_memory
+from services.core.redis_clients import storage_refusal
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def enforce_rate_limit(client_name: str, limit: int) -> None:
     try:
         count, _ = pipe.execute()
     except redis.ResponseError as exc:
-        if not is_out_of_memory(exc):
+        if storage_refusal(exc) is None:
             raise
         # Redis is full: the request cannot be counted. Reads must go on (a client
         # watching its jobs), and every write is refused by Redis itself (a 507).

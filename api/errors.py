@@ -11,8 +11,7 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from services.core.redis_clients import is_out_of_memory
-from services.jobs.submission import RedisFull
+from services.core.redis_clients import storage_refusal
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +73,27 @@ def found(value: T | None, detail: str) -> T:
 
 def broker_problem(exc: Exception | None = None) -> Problem:
     """Redis did not take a submission: a 503 saying nothing was accepted, or a 507 when
-    Redis is full (it takes jobs again once memory frees)."""
-    if exc is not None and (isinstance(exc, RedisFull) or is_out_of_memory(exc)):
-        return redis_full_problem()
+    Redis is full (it takes jobs again once there is room)."""
+    full = storage_refusal(exc)
+    if full is not None:
+        return redis_full_problem(full)
     return Problem(
         503, "Service Unavailable", "Redis did not take the job; nothing was queued",
         headers={"Retry-After": "1"},
     )  # fmt: skip
 
 
-def redis_full_problem() -> Problem:
+def redis_full_problem(full: str) -> Problem:
+    """A 507: Redis is up but refuses writes, its memory or its disk full."""
+    why = (
+        "Redis is full (maxmemory reached, noeviction)"
+        if full == "memory"
+        else "Redis cannot write its append-only file (its disk is full)"
+    )
     return Problem(
         507, "Insufficient Storage",
-        "Redis is full (maxmemory reached, noeviction): nothing was stored; it takes jobs "
-        "again as finished jobs expire (JOB_RESULT_TTL) or when given more memory",
+        f"{why}: nothing was stored; it takes jobs again once there is room (finished "
+        "jobs expire after JOB_RESULT_TTL)",
         headers={"Retry-After": "10"},
     )  # fmt: skip
 
@@ -124,9 +130,10 @@ def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     @app.errorhandler(OperationalError)
     def _redis_down(exc: Exception) -> Response:
-        if is_out_of_memory(exc):
-            log.warning("Redis is full: %s", exc)
-            return redis_full_problem().response()
+        full = storage_refusal(exc)
+        if full is not None:
+            log.warning("Redis refuses writes (%s full): %s", full, exc)
+            return redis_full_problem(full).response()
         log.warning("Redis unavailable: %s", exc)
         return Problem(
             503,

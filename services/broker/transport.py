@@ -34,6 +34,7 @@ job's record.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -48,8 +49,11 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from services.broker.qos import QoS
+from services.core.redis_clients import storage_refusal
 
 # What `broker_transport` names; kombu resolves "module:Class" paths itself.
+log = logging.getLogger(__name__)
+
 TRANSPORT_PATH = "services.broker.transport:Transport"
 
 # A BRPOP answered within its round trip plus this found messages waiting: more may be
@@ -61,6 +65,11 @@ ROUND_TRIPS_KEPT = 32
 # At most this many messages per extra take: a gevent worker with 500 free slots fills
 # them over a few round trips rather than in one long script.
 TAKE_AT_MOST = 100
+
+# While Redis refuses writes (memory or disk full), the consumer asks again this often,
+# and says so in the log at most this often.
+REFUSAL_PAUSE = 0.5
+REFUSAL_LOG_EVERY = 10.0
 
 # Takes what the worker has room for and records it as unacked, in one script.
 TAKE_SCRIPT = resources.files(__package__).joinpath("take.lua").read_text()
@@ -83,6 +92,7 @@ class Channel(kombu_redis.Channel):
         # Queues whose consumer acknowledges: only their messages are recorded as unacked
         # (a control client's replies are consumed without acknowledgement).
         self._acked_queues: set[str] = set()
+        self._refusal_logged_at = float("-inf")
 
     def basic_consume(self, queue: str, no_ack: bool = False, *args: Any, **kwargs: Any) -> Any:
         if no_ack:
@@ -122,12 +132,30 @@ class Channel(kombu_redis.Channel):
         if self._pending_take is not None:
             return self._read_take(**options)
         waited = time.monotonic() - (getattr(self, "_brpop_sent_at", None) or 0.0)
-        delivered = super()._brpop_read(**options)  # raises Empty when nothing came
+        try:
+            delivered = super()._brpop_read(**options)  # raises Empty when nothing came
+        except redis.ResponseError as exc:
+            self._wait_out_refusal(exc)
+            raise Empty() from None
         # Answered within about a round trip: the BRPOP did not wait, the queue held
         # messages, and more are probably behind this one. Answered later: it waited on
         # an empty queue, its message came alone, and a take would find nothing.
         self._queue_busy = waited < self.round_trip() + TAKE_AFTER_WAITING_UNDER
         return delivered
+
+    def _wait_out_refusal(self, exc: redis.ResponseError) -> None:
+        """Redis up but refusing writes (its memory or disk full) answers a BRPOP or a
+        take with an error, which kombu would take for an unrecoverable one and stop the
+        worker: the consumer waits a moment and asks again instead, until Redis has room.
+        The connection is sound (an error is a whole reply). Any other error is raised."""
+        full = storage_refusal(exc)
+        if full is None:
+            raise exc
+        now = time.monotonic()
+        if now - self._refusal_logged_at > REFUSAL_LOG_EVERY:
+            self._refusal_logged_at = now
+            log.warning("Redis refuses writes (%s full): waiting to take messages: %s", full, exc)
+        time.sleep(REFUSAL_PAUSE)
 
     def round_trip(self) -> float:
         """The round trip to Redis, as the shortest recent take measured it; unknown
@@ -177,6 +205,11 @@ class Channel(kombu_redis.Channel):
             self._take_sha = None
             self._queue_busy = False
             self.qos.give_back_acks(acked)
+            raise Empty() from None
+        except redis.ResponseError as exc:
+            self.qos.give_back_acks(acked)
+            self._queue_busy = False
+            self._wait_out_refusal(exc)
             raise Empty() from None
         except self.connection_errors:
             # As after a BRPOP: reconnect on the next round. Whatever the script did is

@@ -10,7 +10,7 @@ the kernel gives up on TCP, many seconds or never.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import redis
@@ -70,9 +70,11 @@ def redis_client(
     return redis.Redis(connection_pool=pool)
 
 
-def is_out_of_memory(exc: BaseException | None) -> bool:
-    """Redis refused a write because it reached `maxmemory` with `noeviction`: nothing of
-    that command (or script, or MULTI) was written, and reads still work."""
+def storage_refusal(exc: BaseException | None) -> Literal["memory", "disk"] | None:
+    """Why Redis refused a write while up: it reached `maxmemory` with `noeviction`
+    ("memory"), or it could not write its append-only file, its disk full ("disk": the
+    MISCONF error). Nothing of that command, script or MULTI was written, and reads still
+    work; None for any other error."""
     # redis-py raises OutOfMemoryError for a command; inside a script or a MULTI the
     # refusal reaches it as another ResponseError, worded by Redis; kombu wraps either in
     # its OperationalError (the cause kept).
@@ -80,6 +82,8 @@ def is_out_of_memory(exc: BaseException | None) -> bool:
         if isinstance(exc, redis.exceptions.OutOfMemoryError) or (
             isinstance(exc, redis.ResponseError) and "> 'maxmemory'" in str(exc)
         ):
-            return True
+            return "memory"
+        if isinstance(exc, redis.ResponseError) and "MISCONF" in str(exc):
+            return "disk"
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None

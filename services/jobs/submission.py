@@ -16,7 +16,7 @@ from services.broker.messages import MessageFactory
 from services.catalog.pools import POOLS, default_pool_for
 from services.catalog.workloads import get_workload
 from services.core.ids import new_uuid4
-from services.core.redis_clients import is_out_of_memory
+from services.core.redis_clients import storage_refusal
 from services.core.vocabulary import JobState
 from services.jobs.record import JobRecord
 from services.jobs.store import JobStore
@@ -27,13 +27,18 @@ class BrokerUnavailable(Exception):
 
 
 class RedisFull(BrokerUnavailable):
-    """Redis reached its maxmemory (noeviction) and refused the write; nothing was
-    accepted, and it takes jobs again once memory frees (records expire, or more memory)."""
+    """Redis refused the write while up: its memory (maxmemory, noeviction) or its disk is
+    full. Nothing was accepted; it takes jobs again once there is room."""
+
+    def __init__(self, message: str, full: str) -> None:
+        super().__init__(message)
+        self.full = full  # "memory" or "disk"
 
 
 def unavailable(exc: Exception) -> BrokerUnavailable:
     """The BrokerUnavailable to raise for a failed write to Redis: RedisFull when full."""
-    return RedisFull(str(exc)) if is_out_of_memory(exc) else BrokerUnavailable(str(exc))
+    full = storage_refusal(exc)
+    return RedisFull(str(exc), full) if full else BrokerUnavailable(str(exc))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""A full Redis (maxmemory reached, noeviction): submissions get a 507 problem and leave
-nothing half-written, reads go on, a job a worker holds is not lost, and everything
-recovers by itself once memory frees.
+"""A full Redis (maxmemory reached, noeviction; or its disk full): submissions get a 507
+problem and leave nothing half-written, reads go on, a job a worker holds is not lost, and
+everything recovers by itself once there is room.
 
 Redis is made full by setting its maxmemory below what it holds (noeviction): every write
 that could grow memory is refused, as in a Redis that filled up.
@@ -8,8 +8,12 @@ that could grow memory is refused, as in a Redis that filled up.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -59,11 +63,11 @@ def job_keys(client: redis.Redis) -> set[str]:
     return set(client.scan_iter(count=1000))
 
 
-def assert_redis_full_problem(response: object) -> None:
+def assert_redis_full_problem(response: object, says: str = "Redis is full") -> None:
     assert response.status_code == 507, response.text  # type: ignore[attr-defined]
     assert response.headers["Content-Type"] == "application/problem+json"  # type: ignore[attr-defined]
     assert int(response.headers["Retry-After"]) > 0  # type: ignore[attr-defined]
-    assert "Redis is full" in response.json()["detail"]  # type: ignore[attr-defined]
+    assert says in response.json()["detail"]  # type: ignore[attr-defined]
 
 
 def test_a_full_redis_refuses_submissions_with_507_and_stores_nothing(
@@ -127,3 +131,79 @@ def test_a_job_held_while_redis_is_full_is_not_lost(full_stack: Stack, pool: str
     assert record["state"] == "succeeded", record
     assert record["attempts"] == 1  # kept by its worker, not redelivered
     assert record["finished_at"] <= freed_at  # the outcome of the run that ended then
+
+
+# -- the disk ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def disk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path]]:
+    """A stack whose Redis keeps its append-only file on a small disk of its own (a tmpfs),
+    fsync every second as compose runs it (with `always`, Redis exits on a failed write)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root: the disk-full test needs to mount a tmpfs")
+        pytest.skip("needs root, to mount a small tmpfs as Redis's disk")
+    stack = Stack(tmp_path_factory.mktemp("disk-full"))
+    disk = stack.workdir / "redis"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    try:
+        stack.start_redis(fsync="everysec")
+        stack.start_api()
+        stack.start_worker("threads", 2)
+        stack.wait_ready()
+        yield stack, disk
+    finally:
+        stack.stop()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill_disk(disk: Path) -> Path:
+    """All but a few KiB of the disk taken by a file."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with filler.open("wb") as out:
+        out.write(b"\0" * max(0, free - 16 * 1024))
+    return filler
+
+
+def test_a_full_disk_refuses_submissions_with_507_and_recovers(
+    disk_stack: tuple[Stack, Path],
+) -> None:
+    stack, disk = disk_stack
+    client = stack.redis()
+    job = stack.submit("sleep", {"seconds": 2.0}, pool="threads")
+    stack.wait_for([job["id"]], states={"running"}, timeout=60)
+    keys_before = job_keys(client)  # and the client's connection open: under a disk
+    # error Redis refuses PING too, so a new connection cannot be made until it recovers
+    filler = fill_disk(disk)
+    try:
+        # Writes fill the last KiB, the append-only file cannot grow, Redis says MISCONF.
+        deadline = time.monotonic() + 30
+        while True:
+            body = {"workload": "noop", "params": {"value": "x" * 4096}}
+            answer = stack.http.post(f"{stack.url}/jobs", json=body, timeout=30)
+            if answer.status_code == 507:
+                break
+            assert answer.status_code == 202, answer.text
+            assert time.monotonic() < deadline, "Redis never refused a write"
+        assert_redis_full_problem(answer, says="disk is full")
+        keys_before = job_keys(client)  # with the jobs accepted before the disk filled
+        assert_redis_full_problem(
+            stack.http.post(f"{stack.url}/jobs", json={"workload": "noop"}, timeout=30),
+            says="disk is full",
+        )
+        assert job_keys(client) == keys_before
+        time.sleep(2.5)  # the held job's run ends meanwhile; its outcome cannot be written
+    finally:
+        filler.unlink()
+    [record] = stack.wait_for([job["id"]], timeout=60)
+    assert record["state"] == "succeeded" and record["attempts"] == 1, record
+    # Redis refused even the consumer's BRPOP: the worker waited instead of stopping.
+    [worker] = stack.workers
+    assert worker.alive() and worker.restarts == 0
+    assert "waiting to take messages" in worker.log_path.read_text()
+    after = stack.submit("noop", {"value": "after"}, pool="threads")
+    [done] = stack.wait_for([after["id"]], timeout=60)
+    assert done["result"] == "after"
