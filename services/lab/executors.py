@@ -1,9 +1,13 @@
 """The standard library's executors, running the very workload functions the pools run.
 
-sequential, ThreadPoolExecutor and ProcessPoolExecutor (max_workers = concurrency), and
-asyncio with an async twin of each I/O workload (a CPU workload has none: a coroutine
-that never awaits is just sequential code). Each run reports the same timestamps a
-worker records, so local and cluster targets are measured alike.
+sequential, ThreadPoolExecutor and ProcessPoolExecutor (max_workers = concurrency) call
+`Workload.run`, so an async workload runs there on each thread's own event loop, as on
+the threads and prefork pools. asyncio runs every workload, each as it can: an
+`async def` workload natively (its coroutines awaited on one loop), the built-in I/O
+workloads as their async twins (asyncio.sleep, httpx), and a plain function in threads
+(loop.run_in_executor, what asyncio.to_thread does), the only way asyncio code can call
+a function that blocks; `ran_as` names which, and the verdict says so. Each run reports
+the same timestamps a worker records, so local and cluster targets are measured alike.
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from services.catalog.http_get import HTTP_MAX_BODY_BYTES, http_host_allowed
+from services.catalog.registry import Workload, _thread_loop
 from services.catalog.workloads import get_workload
 
 LOCAL_EXECUTORS = ("sequential", "threadpool", "processpool", "asyncio")
+
+# How the asyncio executor runs a workload: see asyncio_mode.
+AsyncioMode = Literal["async twin", "coroutines", "threads"]
 
 
 @dataclass(frozen=True)
@@ -43,26 +51,41 @@ def timed_call(workload: str, params: dict[str, Any], submitted_at: float) -> Ti
     error = None
     try:
         get_workload(workload).run(params)
+    except KeyError:
+        error = f"workload {workload!r} is not in the catalog of process {os.getpid()}"
     except Exception as exc:  # a failed job is counted, not raised
         error = f"{type(exc).__name__}: {exc}"
     return Timed(submitted_at, started, time.time(), time.thread_time() - cpu, error, os.getpid())
 
 
-def warm_up(seconds: float) -> None:
+def warm_up(workload: str, seconds: float) -> None:
     """Run once in each new pool process: by the time it returns, the process has imported
-    the workloads (the pause lets each process take one call)."""
-    get_workload("noop")
+    the workloads (the pause lets each process take one call), and found `workload`."""
+    try:
+        get_workload(workload)
+    except KeyError:
+        # A spawned process loads the catalog itself, from JOBRUNNER_WORKLOADS and the
+        # installed entry points; a workload registered any other way is not there.
+        raise RuntimeError(
+            f"processpool: a spawned process has no workload {workload!r}; it loads the "
+            "catalog from JOBRUNNER_WORKLOADS and entry points, as a worker does"
+        ) from None
     time.sleep(seconds)
 
 
-def supports_asyncio(workload: str) -> bool:
-    return workload in ASYNC_TWINS
+def asyncio_mode(workload: Workload) -> AsyncioMode:
+    """How the asyncio executor runs `workload`: natively when it is `async def`, through
+    the async twin of a built-in I/O workload, else in threads."""
+    if workload.name in ASYNC_TWINS:
+        return "async twin"
+    return "coroutines" if workload.is_async else "threads"
 
 
 def offered_executors(workload: str) -> list[str]:
-    """The local executors the lab offers for `workload`: asyncio only where it has an
-    async twin (a CPU-bound coroutine never awaits, so it would be sequential code)."""
-    return [name for name in LOCAL_EXECUTORS if name != "asyncio" or supports_asyncio(workload)]
+    """The local executors the lab offers for `workload`: all of them. asyncio runs a
+    plain function in threads, which on CPU work is the lesson itself (the loop cannot
+    make it faster; only a GIL released by the work can)."""
+    return list(LOCAL_EXECUTORS)
 
 
 async def _noop(value: Any = None) -> Any:
@@ -87,6 +110,8 @@ async def _http_get(url: str, timeout: float = 10, client: httpx.AsyncClient | N
         return response.status_code
 
 
+# The built-in I/O workloads are plain functions (a pool runs them); these are the same
+# work written for asyncio, so the asyncio target shows what the loop itself does.
 ASYNC_TWINS: dict[str, Callable[..., Any]] = {
     "noop": _noop,
     "sleep": _sleep,
@@ -94,35 +119,62 @@ ASYNC_TWINS: dict[str, Callable[..., Any]] = {
 }
 
 
+def _call_in_thread(workload: Workload, params: dict[str, Any]) -> float:
+    """A plain workload on a thread of the executor; its CPU seconds, that thread's."""
+    cpu = time.thread_time()
+    workload.call(params)
+    return time.thread_time() - cpu
+
+
 async def _run_asyncio(
-    workload: str, params: dict[str, Any], count: int, concurrency: int, done: Callable[[], None]
+    workload: Workload,
+    params: dict[str, Any],
+    count: int,
+    concurrency: int,
+    done: Callable[[], None],
 ) -> list[Timed]:
-    twin = ASYNC_TWINS[workload]
+    mode = asyncio_mode(workload)
     gate = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
     limits = httpx.Limits(max_connections=concurrency)
+    # Threads only for a plain function, as many as the concurrency: asyncio.to_thread's
+    # default executor would pick its own size.
+    threads = ThreadPoolExecutor(concurrency) if mode == "threads" else None
     async with httpx.AsyncClient(limits=limits) as client:
-        extra = {"client": client} if workload == "http_get" else {}
+
+        async def job() -> float | None:
+            """One job; its own CPU seconds where they can be told (a thread's)."""
+            if mode == "threads":
+                return await loop.run_in_executor(threads, _call_in_thread, workload, params)
+            if mode == "coroutines":
+                await workload.call(params)
+                return None
+            extra = {"client": client} if workload.name == "http_get" else {}
+            await ASYNC_TWINS[workload.name](**params, **extra)
+            return None
 
         async def one(submitted: float) -> Timed:
             async with gate:
-                started, cpu = time.time(), time.thread_time()
-                error = None
+                started, cpu, error = time.time(), None, None
                 try:
-                    await twin(**params, **extra)
+                    cpu = await job()
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
-                # thread_time here counts every coroutine of the loop: the loop's total
-                # CPU is shared out below instead.
-                result = Timed(
-                    submitted, started, time.time(), time.thread_time() - cpu, error, os.getpid()
-                )
+                result = Timed(submitted, started, time.time(), cpu or 0.0, error, os.getpid())
                 done()
                 return result
 
-        cpu_before = time.thread_time()
-        submitted = time.time()
-        results = await asyncio.gather(*(one(submitted) for _ in range(count)))
-        per_job = (time.thread_time() - cpu_before) / max(1, count)
+        try:
+            cpu_before = time.thread_time()
+            submitted = time.time()
+            results = await asyncio.gather(*(one(submitted) for _ in range(count)))
+            # The loop's thread_time counts every coroutine of the loop: shared out.
+            per_job = (time.thread_time() - cpu_before) / max(1, count)
+        finally:
+            if threads is not None:
+                threads.shutdown(wait=True)
+    if mode == "threads":
+        return results
     return [replace(r, cpu_seconds=per_job) for r in results]
 
 
@@ -143,13 +195,16 @@ def run_local(
             done()
         return results
     if executor == "asyncio":
-        if not supports_asyncio(workload):
-            raise ValueError(f"asyncio has no twin for {workload!r} (CPU-bound)")
-        return asyncio.run(_run_asyncio(workload, params, count, concurrency, done))
+        # This thread's own loop, the one Workload.run uses for the sequential target: an
+        # async workload's loop-bound clients (an httpx.AsyncClient in a module global)
+        # keep working from one target to the next.
+        entry = get_workload(workload)
+        return _thread_loop().run(_run_asyncio(entry, params, count, concurrency, done))
     pool: Executor
     if executor == "processpool":
         # Spawned, not forked: a fork of a Celery worker inherits its threads' locks and
-        # signal handlers, and its children then hang at exit.
+        # signal handlers, and its children then hang at exit. A spawned process imports
+        # the catalog afresh, from the environment it inherits (JOBRUNNER_WORKLOADS).
         pool = ProcessPoolExecutor(concurrency, mp_context=multiprocessing.get_context("spawn"))
     else:
         pool = ThreadPoolExecutor(max_workers=concurrency)
@@ -157,7 +212,7 @@ def run_local(
         if executor == "processpool":
             # Start the processes before the clock runs, as a Celery pool is started
             # before its jobs arrive.
-            list(pool.map(warm_up, [0.2] * concurrency))
+            list(pool.map(warm_up, [workload] * concurrency, [0.2] * concurrency))
         submitted = time.time()
         futures = [pool.submit(timed_call, workload, params, submitted) for _ in range(count)]
         results = []

@@ -9,7 +9,7 @@ import uuid
 import redis
 
 from services.core import redis_keys
-from services.lab.experiments import Experiment, ExperimentRequest, TargetProgress
+from services.lab.experiments import STORED, Experiment, ExperimentRequest, TargetProgress
 
 
 class ExperimentStore:
@@ -39,7 +39,7 @@ class ExperimentStore:
 
     def get(self, experiment_id: str) -> Experiment | None:
         raw = self.redis.get(redis_keys.experiment(experiment_id))
-        return Experiment.model_validate_json(raw) if raw else None
+        return Experiment.model_validate_json(raw, context=STORED) if raw else None
 
     def delete(self, experiment_id: str) -> None:
         self.redis.delete(redis_keys.experiment(experiment_id))
@@ -50,4 +50,6 @@ class ExperimentStore:
         pipe = self.redis.pipeline(transaction=False)
         for experiment_id in ids:
             pipe.get(redis_keys.experiment(experiment_id))
-        return [Experiment.model_validate_json(raw) for raw in pipe.execute() if raw]
+        return [
+            Experiment.model_validate_json(raw, context=STORED) for raw in pipe.execute() if raw
+        ]

@@ -9,19 +9,43 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    computed_field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from services.catalog.workloads import WorkloadName, get_workload
+from services.catalog.pools import pool_cannot_run
+from services.catalog.workloads import CATALOG, WorkloadName, get_workload, resolve_name
 from services.core.vocabulary import ExperimentState, PoolName, WorkloadKind
-from services.lab.executors import LOCAL_EXECUTORS, supports_asyncio
+from services.lab.executors import LOCAL_EXECUTORS
 from services.lab.metrics import TargetReport
 
 LocalTarget = Literal[LOCAL_EXECUTORS]  # type: ignore[valid-type]
 
+# Validation context of an experiment read back from Redis: its request was checked when
+# it was accepted, against the catalog of that time; a later catalog (a workload module
+# removed from JOBRUNNER_WORKLOADS) must not make past experiments unreadable.
+STORED = {"stored": True}
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
+
 
 class ExperimentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    workload: WorkloadName
+    workload: WorkloadName = Field(
+        ...,
+        description="A workload of the catalog (GET /workloads), by name or by its "
+        "`module:function` ref; the experiment records the name.",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     count: int = Field(..., ge=1, le=5_000, strict=True, description="Jobs per target.")
     pools: list[PoolName] = Field(default_factory=list)
@@ -33,6 +57,43 @@ class ExperimentRequest(BaseModel):
         description="Of the local executors; the pools run with their workers' concurrency.",
     )  # fmt: skip
 
+    @field_validator("workload", mode="wrap")
+    @classmethod
+    def _in_catalog(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> str:
+        """A catalog name, or the name of the workload a `module:function` ref is; the
+        422 of any other lists the catalog."""
+        if _stored(info) and isinstance(value, str):
+            return value
+        if isinstance(value, str) and resolve_name(value) in CATALOG:
+            return handler(resolve_name(value))
+        raise PydanticCustomError(
+            "unknown_workload",
+            "no workload {workload} in the catalog; it has: {names} (or the "
+            "module:function ref of one, as GET /workloads lists them)",
+            {"workload": repr(value)[:80], "names": ", ".join(sorted(CATALOG))},
+        )
+
+    @field_validator("pools")
+    @classmethod
+    def _pools_can_run_it(cls, pools: list[str], info: ValidationInfo) -> list[str]:
+        """A pool that cannot run the workload (an async one on gevent) is refused here,
+        not measured: its jobs would fail or run one at a time."""
+        workload = info.data.get("workload")
+        if _stored(info) or workload is None:
+            return pools
+        for pool in pools:
+            why = pool_cannot_run(get_workload(workload), pool)
+            if why is not None:
+                raise PydanticCustomError(
+                    "pool_cannot_run",
+                    "{pool} cannot run {workload}: {why}; leave {pool} out, or compare "
+                    "threads and prefork",
+                    {"pool": pool, "workload": workload, "why": why},
+                )
+        return pools
+
     @model_validator(mode="after")
     def _targets(self) -> ExperimentRequest:
         if not self.pools and not self.local:
@@ -40,11 +101,6 @@ class ExperimentRequest(BaseModel):
         for name, chosen in (("pools", self.pools), ("local", self.local)):
             if len(set(chosen)) != len(chosen):
                 raise ValueError(f"{name} names a target twice")
-        if "asyncio" in self.local and not supports_asyncio(self.workload):
-            raise ValueError(
-                f"asyncio is not offered for {self.workload!r}: a CPU-bound coroutine never "
-                "awaits, so it is sequential code; compare processpool or prefork instead"
-            )
         return self
 
     @property

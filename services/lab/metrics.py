@@ -38,6 +38,25 @@ class TargetReport(BaseModel):
         description="The job's own CPU time; on gevent, the pool processes' CPU / jobs "
         "(None if a worker of the pool did not report its CPU).",
     )
+    peak_in_flight: int | None = Field(
+        None,
+        description="The most jobs that ran at once (between their start and finish), "
+        "whatever the concurrency allowed. (None in reports stored before it was recorded.)",
+    )
+    ran_as: str | None = Field(
+        None,
+        description="How the target called the workload, where it is not a plain call: "
+        "on asyncio, 'coroutines' (an async def workload, awaited on one event loop), "
+        "'async twin' (a built-in's asyncio version) or 'threads' (a plain function, "
+        "handed to threads as asyncio.to_thread does: it is not async def); elsewhere, "
+        "'event loop per thread' for an async def workload.",
+    )
+    cores_busy: float | None = Field(
+        None,
+        description="count x cpu_seconds_per_job / makespan: the cores the jobs' own CPU "
+        "kept busy on average. About 1 at most for one process's threads under the GIL; up "
+        "to the cores for processes, or for work that releases the GIL.",
+    )
     processes: int | None = Field(
         None,
         description="Distinct processes (pids) that ran the jobs: one for threads, "
@@ -132,6 +151,26 @@ def pool_usable_cores(per_host: dict[str, tuple[int, int]]) -> int:
     return sum(min(concurrency, cores) for concurrency, cores in per_host.values())
 
 
+def peak_in_flight(timings: list[JobTiming]) -> int:
+    """The most jobs running at once: a sweep over starts and finishes (a finish at the
+    very instant of a start comes first, so back-to-back jobs do not count as two)."""
+    events = sorted([(t.started_at, 1) for t in timings] + [(t.finished_at, -1) for t in timings])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def cores_busy(report: TargetReport) -> float | None:
+    """On average, how many cores the jobs' own CPU kept busy over the makespan: about 1
+    at most for threads under the GIL, up to the cores for processes or for work that
+    releases the GIL. None where a job's CPU time is not known."""
+    if report.cpu_seconds_per_job is None or report.makespan_s <= 0:
+        return None
+    return report.count * report.cpu_seconds_per_job / report.makespan_s
+
+
 def measure(
     target: str,
     kind: Literal["pool", "local"],
@@ -143,11 +182,13 @@ def measure(
     cores: int | None = None,
     usable_cores: int | None = None,
     pool_cpu_seconds: float | None = None,
+    ran_as: str | None = None,
 ) -> TargetReport:
     makespan = max(t.finished_at for t in timings) - min(t.submitted_at for t in timings)
     makespan = max(makespan, 1e-9)
     raw = ideal_s / makespan if ideal_s > 0 else 1.0
     cpu = [t.cpu_seconds for t in timings if t.cpu_seconds is not None]
+    busy = len(timings) * statistics.fmean(cpu) / makespan if cpu else None
     return TargetReport(
         target=target,
         kind=kind,
@@ -160,6 +201,11 @@ def measure(
         queue_wait_s=percentiles([t.started_at - t.submitted_at for t in timings]),
         run_time_s=percentiles([t.finished_at - t.started_at for t in timings]),
         cpu_seconds_per_job=round(statistics.fmean(cpu), 6) if cpu else None,
+        cores_busy=round(busy, 3) if busy is not None else None,
+        # Never more than the slots: stamps of jobs on hosts whose clocks differ a little
+        # can overlap where the jobs did not.
+        peak_in_flight=min(peak_in_flight(timings), concurrency),
+        ran_as=ran_as,
         processes=len({t.pid for t in timings if t.pid is not None}) or None,
         peak_rss_bytes=peak_rss_bytes,
         pool_cpu_seconds=pool_cpu_seconds,

@@ -28,12 +28,14 @@ from services.broker.inspection import (
     start_measurement,
     stop_measurement,
 )
-from services.catalog.workloads import get_workload
+from services.catalog.pools import pool_cannot_run
+from services.catalog.registry import Workload
+from services.catalog.workloads import FINGERPRINT, get_workload
 from services.core import redis_keys
 from services.core.vocabulary import FINAL_JOB_STATES
 from services.jobs.store import JobStore
 from services.jobs.submission import JobSpec, submit_jobs
-from services.lab.executors import run_local
+from services.lab.executors import asyncio_mode, run_local
 from services.lab.experiment_store import ExperimentStore
 from services.lab.experiments import (
     Experiment,
@@ -221,6 +223,27 @@ def job_seconds(kind: str, params: dict[str, Any], timings: dict[str, list[JobTi
     return min(measured)
 
 
+def ran_as(target: str, workload: Workload) -> str | None:
+    """How `target` called the workload, where it is not a plain call (TargetReport)."""
+    if target == "asyncio":
+        return asyncio_mode(workload)
+    if workload.is_async and target != "gevent":  # gevent is refused an async workload
+        return "event loop per thread"
+    return None
+
+
+def workload_here(name: str) -> Workload:
+    """The experiment's workload in this process's catalog; said plainly when the lab
+    worker was started with another catalog than the API that accepted it."""
+    try:
+        return get_workload(name)
+    except KeyError:
+        raise ExperimentFailed(
+            f"the experiment worker has no workload {name!r} (its catalog {FINGERPRINT}); "
+            "start it with the same JOBRUNNER_WORKLOADS as the API"
+        ) from None
+
+
 def local_meter(executor: str) -> PeakRss:
     """Local executors run their jobs in this process, a process pool in its children."""
     return PeakRss([os.getpid()], children=executor == "processpool")
@@ -274,8 +297,13 @@ def run_experiment(
     experiment.state, experiment.started_at, experiment.error = "running", time.time(), None
     experiments.save(experiment)
     request = experiment.request
-    kind = get_workload(request.workload).kind
     try:
+        workload = workload_here(request.workload)
+        kind = workload.kind
+        for pool in request.pools:
+            why = pool_cannot_run(workload, pool)
+            if why is not None:  # accepted under another catalog, where it was not async
+                raise ExperimentFailed(f"{pool} cannot run it: {why}")
         redis_version = jobs.redis.info("server").get("redis_version")
         topo = topology(celery, jobs.redis, redis_version, request.pools)
         for pool in request.pools:
@@ -314,6 +342,7 @@ def run_experiment(
                 cores=cores[name][0],
                 usable_cores=cores[name][1],
                 pool_cpu_seconds=pool_cpu[name],
+                ran_as=ran_as(name, workload),
             )
             for target_kind, name in request.targets
         ]

@@ -1,16 +1,80 @@
 """The comparison lab end to end: experiments run on the real pools and the local
-executors, and their reports hold together."""
+executors, and their reports hold together.
+
+A lesson about cores needs a machine that has a second one to give. These machines are
+shared, so such a test measures what the machine gives around each run (`spare_cores`)
+and tries again while it gave too little (`quiet_run`).
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
 from services.catalog.pools import POOLS
+from services.catalog.workloads import CATALOG
 from tests.stack import Stack
 
 POOL_NAMES = set(POOLS)
+T = TypeVar("T")
+
+# Two busy processes got at least this many cores: the machine had its second to give.
+QUIET_CORES = 1.6
+# The GIL lets one process's threads keep at most one core busy (and a little of the
+# clock's granularity).
+ONE_CORE = 1.15
+
+
+def spare_cores(seconds: float = 0.4) -> float:
+    """How many cores two busy processes get right now: their CPU seconds over the wall
+    time (2 on an idle 2-core machine, 1 while another program holds a core)."""
+    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    before, started = os.times(), time.monotonic()
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+    for spinner in spinners:
+        spinner.wait()
+    wall, after = time.monotonic() - started, os.times()
+    cpu = after.children_user + after.children_system
+    return (cpu - before.children_user - before.children_system) / wall
+
+
+def quiet_run(
+    measure: Callable[[], T],
+    problem: Callable[[T], str | None],
+    attempts: int = 4,
+    budget_s: float = 150,
+) -> T:
+    """`measure()`'s result once `problem(result)` finds none; another attempt while one
+    is found (within `attempts` and `budget_s`). Then: a failure if the machine had its
+    second core to spare around one of them (the lesson did not hold on a quiet machine),
+    else a skip saying what the machine gave (nothing could be shown)."""
+    seen, quiet = [], False
+    deadline = time.monotonic() + budget_s
+    for _ in range(attempts):
+        before = spare_cores()
+        result = measure()
+        after = spare_cores()
+        found = problem(result)
+        if found is None:
+            return result
+        quiet |= min(before, after) >= QUIET_CORES
+        seen.append(f"{found} (spare cores {before:.1f} before, {after:.1f} after)")
+        if time.monotonic() > deadline:
+            break
+    if quiet:
+        pytest.fail("; ".join(seen))
+    pytest.skip("the machine never had a second core to spare: " + "; ".join(seen))
+
+
+def cores_busy(target: dict) -> float:
+    """The cores the jobs' own CPU kept busy on average over the makespan."""
+    return target["count"] * target["cpu_seconds_per_job"] / target["makespan_s"]
 
 
 def run_experiment(stack: Stack, body: dict, timeout: float = 90) -> tuple[dict, bool]:
@@ -50,6 +114,10 @@ def check_consistent(experiment: dict, count: int) -> dict[str, dict]:
         assert target["peak_rss_bytes"] > 0, name
         if report["kind"] == "cpu":
             assert target["cpu_seconds_per_job"] > 0, name
+        if target["cpu_seconds_per_job"] is not None:
+            assert target["cores_busy"] == pytest.approx(cores_busy(target), abs=2e-3), name
+        # No more jobs at once than there were, or than the concurrency allowed.
+        assert 1 <= target["peak_in_flight"] <= min(count, target["concurrency"]), target
         lat = target["latency_s"]
         assert lat["p50"] <= lat["p95"] <= lat["p99"] <= target["makespan_s"] + 1e-6
         # Latency splits into the wait for a slot and the run itself.
@@ -85,7 +153,11 @@ def test_io_experiment_on_pools_and_local_executors(stack: Stack) -> None:
     assert targets["threadpool"]["concurrency"] == 8
     assert targets["gevent"]["concurrency"] == 50  # the test worker's
     assert experiment["report"]["topology"]["workers"]["gevent"]
-    assert any("of ideal" in line for line in experiment["report"]["verdict"])
+    verdict = experiment["report"]["verdict"]
+    assert any("of ideal" in line for line in verdict)
+    # sleep computes nothing between its waits: no greenlet lesson is drawn from it.
+    assert not any("switch only where one waits" in line for line in verdict), verdict
+    assert targets["asyncio"]["ran_as"] == "async twin"
 
     svg = stack.http.get(f"{stack.url}/experiments/{experiment['id']}/chart.svg", timeout=30)
     assert svg.status_code == 200 and svg.headers["Content-Type"].startswith("image/svg+xml")
@@ -94,26 +166,48 @@ def test_io_experiment_on_pools_and_local_executors(stack: Stack) -> None:
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.timeout(300)  # a few attempts on a busy machine: quiet_run
 def test_cpu_experiment_scales_only_with_processes(stack: Stack) -> None:
     body = {
         "workload": "cpu_hash", "params": {"rounds": 250_000}, "count": 8,
         "pools": ["threads", "prefork"], "local": ["sequential", "threadpool", "processpool"],
         "concurrency": 2,
     }  # fmt: skip
-    # Another process hogging a core erases what a second core gives; a second run, and
-    # the better of the two, keeps a noisy neighbour from failing the lesson.
-    gains = []
-    for _ in range(2):
+
+    # Each figure at its best over the attempts, as a noisy neighbour takes a core from
+    # one target or another, never from the GIL-bound ones' limit.
+    best: dict[str, float] = {}
+    said_gil = []
+
+    def measure() -> dict:
         experiment, _ = run_experiment(stack, body)
         targets = check_consistent(experiment, 8)
-        prefork_gain = targets["threads"]["makespan_s"] / targets["prefork"]["makespan_s"]
-        local_gain = targets["sequential"]["makespan_s"] / targets["processpool"]["makespan_s"]
-        gains.append((prefork_gain, local_gain))
-        if prefork_gain >= 1.3 and local_gain >= 1.3:
-            break
-    assert max(g[0] for g in gains) >= 1.3, f"prefork not faster than threads: {gains}"
-    assert max(g[1] for g in gains) >= 1.3, f"processpool not faster than sequential: {gains}"
-    assert any("GIL" in line for line in experiment["report"]["verdict"])
+        # Whatever else runs on the machine: one process's threads keep at most one core
+        # busy under the GIL (a busier machine only gives them less).
+        for threads in ("threads", "threadpool"):
+            assert cores_busy(targets[threads]) <= ONE_CORE, targets[threads]
+        said_gil.append(any("GIL" in line for line in experiment["report"]["verdict"]))
+        return experiment
+
+    def problem(experiment: dict) -> str | None:
+        """Processes kept more than one core busy, and finished sooner for it."""
+        targets = {t["target"]: t for t in experiment["report"]["targets"]}
+        figures = {
+            "prefork cores busy": cores_busy(targets["prefork"]),
+            "processpool cores busy": cores_busy(targets["processpool"]),
+            "prefork/threads": targets["threads"]["makespan_s"] / targets["prefork"]["makespan_s"],
+            "processpool/sequential": targets["sequential"]["makespan_s"]
+            / targets["processpool"]["makespan_s"],
+        }
+        for name, value in figures.items():
+            best[name] = round(max(value, best.get(name, 0.0)), 2)
+        if min(best.values()) >= 1.3:
+            return None
+        return f"best so far {best}"
+
+    experiment = quiet_run(measure, problem)
+    targets = {t["target"]: t for t in experiment["report"]["targets"]}
+    assert any(said_gil), "no verdict named the GIL"
     # Processes cost memory threads do not: the executor's two processes come on top of
     # the lab process the threads share.
     rss = {name: target["peak_rss_bytes"] for name, target in targets.items()}
@@ -150,6 +244,25 @@ def test_http_get_runs_on_the_asyncio_twin(stack: Stack) -> None:
     assert speedup >= 3, f"asyncio only {speedup:.1f}x faster than sequential"
 
 
+def test_a_plain_cpu_workload_on_asyncio_runs_in_threads_by_name_or_ref(stack: Stack) -> None:
+    """asyncio is offered for every workload: a plain function runs in its threads, and
+    the report says so; a workload may be named by its `module:function` ref."""
+    body = {
+        "workload": "services.catalog.builtin:cpu_hash", "params": {"rounds": 20_000},
+        "count": 4, "local": ["sequential", "asyncio"], "concurrency": 2,
+    }  # fmt: skip
+    experiment, _ = run_experiment(stack, body)
+    # The experiment records the name the ref stands for.
+    assert experiment["request"]["workload"] == experiment["report"]["workload"] == "cpu_hash"
+    targets = check_consistent(experiment, 4)
+    assert targets["asyncio"]["ran_as"] == "threads" and targets["sequential"]["ran_as"] is None
+    assert targets["asyncio"]["processes"] == 1
+    assert any(
+        "asyncio ran cpu_hash in threads: it is not async def" in line
+        for line in experiment["report"]["verdict"]
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -159,8 +272,8 @@ def test_http_get_runs_on_the_asyncio_twin(stack: Stack) -> None:
          "count"),
         ({"workload": "sleep", "params": {"seconds": 0.1}, "count": 10**6, "local": ["asyncio"]},
          "count"),
-        ({"workload": "cpu_hash", "params": {"rounds": 10}, "count": 5, "local": ["asyncio"]},
-         "body"),
+        ({"workload": "fibonacci", "params": {}, "count": 5, "local": ["asyncio"]}, "workload"),
+        ({"workload": "nosuch.module:sleep", "count": 5, "local": ["asyncio"]}, "workload"),
         ({"workload": "sleep", "params": {"seconds": 0.1}, "count": 5}, "body"),
         ({"workload": "sleep", "params": {"seconds": 0.1}, "count": 5, "local": ["fibers"]},
          "local.0"),
@@ -175,8 +288,8 @@ def test_bad_experiment_is_422(stack: Stack, body: dict, field: str) -> None:
     assert answer.headers["Content-Type"] == "application/problem+json"
     problem = answer.json()
     assert any(e["field"] == field for e in problem.get("errors", [])) or field in problem["detail"]
-    if body["workload"] == "cpu_hash":
-        assert "asyncio" in problem["detail"]
+    if field == "workload":  # says what there is to choose from
+        assert all(name in problem["detail"] for name in CATALOG), problem
     after = stack.http.get(f"{stack.url}/experiments", timeout=10).json()["experiments"]
     assert len(after) == len(before)
 
