@@ -34,7 +34,7 @@ def main() -> None:
     pool = EXPERIMENTS if args.experiments else args.pool
     # --concurrency, else WORKER_CONCURRENCY_<POOL>, else the pool's own default.
     concurrency = args.concurrency or settings.worker_concurrency(pool)
-    argv = worker_command(pool, concurrency, args.name, args.loglevel)
+    argv = worker_command(pool, concurrency, args.name, args.loglevel, settings)
     # SIGTERM (compose stop, the local runner, Kubernetes) starts Celery's soft shutdown:
     # running jobs get JOB_SHUTDOWN_GRACE seconds to finish, then the rest go back to
     # the queue. Celery's plain warm shutdown would wait for them without any limit.

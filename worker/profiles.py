@@ -12,6 +12,7 @@ import sys
 
 from services.broker.celery_app import EXPERIMENT_QUEUE
 from services.catalog.pools import POOLS
+from services.core.settings import Settings, get_settings
 
 # What `python -m worker --experiments` starts instead of a pool's worker.
 EXPERIMENTS = "experiments"
@@ -33,6 +34,7 @@ def worker_command(
     concurrency: int | None = None,
     node_name: str | None = None,
     loglevel: str = "INFO",
+    settings: Settings | None = None,
 ) -> list[str]:
     """The argv that starts one worker process for `pool` (EXPERIMENTS for the experiment
     worker)."""
@@ -60,4 +62,20 @@ def worker_command(
         # jobrunner needs neither (jobs are independent, GET /pools asks on demand).
         "--without-mingle",
         "--without-gossip",
+        *recycling(pool, settings or get_settings()),
     ]
+
+
+def recycling(pool: str, settings: Settings) -> list[str]:
+    """When a prefork pool process is replaced by a fresh one: after so many jobs, or
+    once its resident memory is above a bound (checked after each job). Only prefork has
+    pool processes to replace."""
+    if POOLS[pool].celery_pool != "prefork":
+        return []
+    options = []
+    if settings.worker_max_tasks_per_child_prefork:
+        options += ["--max-tasks-per-child", str(settings.worker_max_tasks_per_child_prefork)]
+    if settings.worker_max_memory_per_child_prefork:
+        kib = settings.worker_max_memory_per_child_prefork * 1024  # Celery counts KiB
+        options += ["--max-memory-per-child", str(kib)]
+    return options

@@ -33,6 +33,7 @@ from services.core.vocabulary import JobState
 from services.jobs.group_commit import GroupCommit, direct
 from services.jobs.record import JobError, JobRecord
 from services.jobs.store import JobStore, Transition
+from worker import memory_limit
 from worker.leases import Lease, LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ def _stop_runs_that_lose_their_lease(**_: Any) -> None:
     global IN_POOL_PROCESS
     IN_POOL_PROCESS = True
     leases.on_lost = _end_this_process
+    # And only there can one job's memory be bounded without failing the others'.
+    memory_limit.install(get_settings().worker_memory_limit_prefork)
 
 
 # A bound on the wait before a retry. The worker holds the retry's message unacknowledged
@@ -223,7 +226,8 @@ def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
     try:
         result = json_result(workload_here(record.workload).run(record.params))
     except Exception as exc:  # any failure of the workload is the job's, not the worker's
-        error = JobError(type=error_type(exc), message=str(exc))
+        message = memory_limit.describe(exc) if memory_limit.is_memory_limit(exc) else str(exc)
+        error = JobError(type=error_type(exc), message=message)
         errors = [*record.attempt_errors, error]
         common = {"attempt_errors": errors, "cpu_seconds": cpu_since(cpu_started)}
         if is_retryable(record.workload, exc) and len(errors) <= record.max_retries:
@@ -303,6 +307,8 @@ def error_type(exc: Exception) -> str:
         return "workload_not_on_worker"
     if isinstance(exc, ResultNotJson):
         return "result_not_json"
+    if memory_limit.is_memory_limit(exc):
+        return "memory_limit"
     return type(exc).__name__
 
 

@@ -107,6 +107,25 @@ class Settings(BaseSettings):
     worker_concurrency_gevent: int | None = Field(
         None, ge=1, description="Greenlets of each gevent worker (unset: 100)."
     )
+    worker_memory_limit_prefork: int | None = Field(
+        None,
+        ge=64,
+        description="MiB of data (heap and buffers) each prefork pool process may hold: a "
+        "job allocating past it fails with error.type memory_limit, and the pool goes on "
+        "(unset: no limit). Threads and gevent share one process: no per-job limit there.",
+    )
+    worker_max_memory_per_child_prefork: int | None = Field(
+        None,
+        ge=16,
+        description="MiB of resident memory after which a prefork pool process is "
+        "replaced, once its job ends (Celery's --max-memory-per-child; unset: never).",
+    )
+    worker_max_tasks_per_child_prefork: int | None = Field(
+        None,
+        ge=1,
+        description="Jobs after which a prefork pool process is replaced (Celery's "
+        "--max-tasks-per-child; unset: never).",
+    )
     worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"] = Field(
         "INFO", description="Celery log level of `python -m worker`."
     )
