@@ -107,8 +107,15 @@ class WorkloadInfo(BaseModel):
     is_async: bool = Field(False, description="An async def: runs on threads and prefork.")
     ref: str = Field("", description="module:function, a name the lab accepts too.")
     params_schema: dict[str, Any]
+    pools: list[str] = Field(
+        default_factory=list,
+        description="The pools that can run it (an async workload: not gevent, whose "
+        "greenlets share one thread and so one event loop).",
+    )
     local_executors: list[str] = Field(
-        ..., description="The lab's local executors that can run it (asyncio: I/O only)."
+        ...,
+        description="The lab's local executors that can run it (asyncio runs an async "
+        "workload natively, a plain one in threads).",
     )
 
 

@@ -6,7 +6,7 @@ from spectree import Response as SpecResponse
 from api.models import WorkloadInfo, WorkloadList
 from api.openapi import spec
 from api.responses import json_response
-from services.catalog.pools import default_pool_for
+from services.catalog.pools import POOLS, default_pool_for, pool_cannot_run
 from services.catalog.workloads import CATALOG, FINGERPRINT
 from services.lab.executors import offered_executors
 
@@ -26,6 +26,7 @@ def list_workloads() -> Response:
                 default_pool=default_pool_for(w),
                 is_async=w.is_async,
                 ref=w.ref,
+                pools=[pool for pool in POOLS if pool_cannot_run(w, pool) is None],
                 params_schema=w.params.model_json_schema(),
                 local_executors=offered_executors(w.name),
             )

@@ -81,7 +81,7 @@ class Workload:
         """Run to the end in this thread; an async workload on this thread's own loop."""
         outcome = self.call(params)
         if self.is_async:
-            outcome = _thread_loop().run(outcome)
+            outcome = thread_loop().run(outcome)
         return outcome
 
 
@@ -99,7 +99,7 @@ def json_result(value: Any) -> Any:
 _loops = threading.local()
 
 
-def _thread_loop() -> asyncio.Runner:
+def thread_loop() -> asyncio.Runner:
     """One event loop per thread (per process on prefork), kept between jobs so that a
     workload's loop-bound clients (an httpx.AsyncClient in a module global) keep working."""
     runner = getattr(_loops, "runner", None)

@@ -147,7 +147,7 @@ class Client:
         workload: str,
         params: Mapping[str, Any] | None = None,
         *,
-        pools: Iterable[str] = POOL_NAMES,
+        pools: Iterable[str] | None = None,
         executors: Iterable[str] | str = (),
         count: int = 20,
         concurrency: int = 8,
@@ -159,9 +159,13 @@ class Client:
         (sequential, threadpool, processpool, asyncio; "all": every one offered for the
         workload), one target at a time; the finished experiment, its `report` with the
         figures and the verdict. ExperimentFailed if it failed, TimeoutError after
-        `timeout` s. Needs an `admin` key. `progress` gets the experiment at each poll."""
+        `timeout` s. Needs an `admin` key. `progress` gets the experiment at each poll.
+        `pools` left out: every pool that can run the workload (not gevent for an async
+        one)."""
         if isinstance(executors, str):
             executors = self.offered_executors(workload) if executors == "all" else [executors]
+        if pools is None:
+            pools = self.offered_pools(workload)
         body = {
             "workload": workload, "params": {**(params or {}), **more_params}, "count": count,
             "pools": list(pools), "local": list(executors), "concurrency": concurrency,
@@ -190,12 +194,19 @@ class Client:
         return self._transport.request("GET", path).json()
 
     def offered_executors(self, workload: str) -> list[str]:
-        """The local executors the lab offers for `workload` (asyncio runs no CPU-bound
-        work); none for a workload the catalog does not have (the API's 422 names it)."""
-        for entry in self.workloads():
-            if entry["name"] == workload:
-                return list(entry["local_executors"])
-        return []
+        """The local executors the lab offers for `workload` (a name or module:function);
+        none for a workload the catalog does not have (the API's 422 names it)."""
+        entry = self._catalog_entry(workload)
+        return list(entry["local_executors"]) if entry else []
+
+    def offered_pools(self, workload: str) -> list[str]:
+        """The pools that can run `workload`; every pool for one the catalog does not
+        have (the API's 422 then names the workload)."""
+        entry = self._catalog_entry(workload)
+        return list(entry.get("pools") or POOL_NAMES) if entry else list(POOL_NAMES)
+
+    def _catalog_entry(self, workload: str) -> dict[str, Any] | None:
+        return next((e for e in self.workloads() if workload in (e["name"], e.get("ref"))), None)
 
     # -- the session -----------------------------------------------------------------------
 

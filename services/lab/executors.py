@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 
 from services.catalog.http_get import HTTP_MAX_BODY_BYTES, http_host_allowed
-from services.catalog.registry import Workload, _thread_loop
+from services.catalog.registry import Workload, thread_loop
 from services.catalog.workloads import get_workload
 
 LOCAL_EXECUTORS = ("sequential", "threadpool", "processpool", "asyncio")
@@ -199,7 +199,7 @@ def run_local(
         # async workload's loop-bound clients (an httpx.AsyncClient in a module global)
         # keep working from one target to the next.
         entry = get_workload(workload)
-        return _thread_loop().run(_run_asyncio(entry, params, count, concurrency, done))
+        return thread_loop().run(_run_asyncio(entry, params, count, concurrency, done))
     pool: Executor
     if executor == "processpool":
         # Spawned, not forked: a fork of a Celery worker inherits its threads' locks and

@@ -68,6 +68,7 @@ def user_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.start_redis()
         stack.start_api()
         stack.start_worker("threads", 8)
+        stack.start_worker("prefork", 1)
         stack.start_worker("experiments")
         stack.wait_ready()
         yield stack
@@ -185,3 +186,23 @@ def test_past_experiments_stay_readable_when_their_workload_leaves(user_stack: S
         assert "sleep" in listed_names and "block" not in listed_names, listed_names
     finally:
         restart_api(MODULE)
+
+
+def test_the_client_compares_an_async_workload_on_the_pools_that_can_run_it(
+    user_stack: Stack,
+) -> None:
+    """/workloads lists the pools that can run each workload; Client.compare, given no
+    pools, runs those (not gevent for an async workload, which the API would refuse)."""
+    from jobrunner import Client
+
+    catalog = {
+        w["name"]: w for w in user_stack.http.get(f"{user_stack.url}/workloads").json()["workloads"]
+    }
+    assert catalog["nap"]["pools"] == ["threads", "prefork"]
+    assert catalog["block"]["pools"] == ["threads", "prefork", "gevent"]
+    with Client(
+        user_stack.url, api_key=user_stack.http.headers["Authorization"].split()[-1]
+    ) as client:
+        experiment = client.compare(f"{MODULE}:nap", {"ms": 20}, count=4, concurrency=4)
+    assert set(experiment["request"]["pools"]) == {"threads", "prefork"}
+    assert experiment["state"] == "succeeded", experiment.get("error")
