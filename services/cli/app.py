@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -58,6 +58,18 @@ def run(command: Any) -> None:
     except ApiError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
+
+
+def usage_error(message: str) -> NoReturn:
+    """A wrong command line, in one line (never wrapped), exit code 2 as click's own."""
+    err.print(f"[red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def where(topology: dict[str, Any]) -> str:
+    """Where an experiment's run happened (the API says it in `where`; a report stored
+    before it did has its core count only): compare, compare-runs and --sweep say it."""
+    return topology.get("where") or f"{topology['cores']} cores"
 
 
 @app.command()
@@ -152,25 +164,60 @@ def jobs(
     run(go)
 
 
+# A worker's catalog as GET /pools says it: the API's, another, or not said (an older worker).
+CATALOG_CELL = {True: "✓", False: "[red]differs[/]", None: "?"}
+
+
 @app.command()
 def pools(api: ApiOption = None) -> None:
-    """The pools, what they can enforce, and their live workers."""
+    """The pools, what they can enforce, their live workers and whether each has the
+    API's workload catalog (a worker that differs is named below, with what differs)."""
 
     def go() -> None:
-        table = Table(
-            "pool", "suited to", "queued", "workers", "time limit", "terminate", "memory isolation"
-        )
-        for pool in Client(api).pools().values():
-            caps = pool["capabilities"]
-            workers = ", ".join(f"{w['node']} (x{w['concurrency']})" for w in pool["workers"])
-            flags = ("hard_time_limit", "terminate_running", "memory_isolation")
-            table.add_row(
-                pool["name"], pool["suited_to"], str(pool["queued"]), workers or "[red]none[/]",
-                *("yes" if caps[flag] else "no" for flag in flags),
-            )  # fmt: skip
-        console.print(table)
+        answer = Client(api).json("GET", "/pools")
+        console.print(pools_table(answer))
+        for mismatch in answer.get("catalog_mismatch", []):
+            console.print(mismatch_line(mismatch), soft_wrap=True, highlight=False)
 
     run(go)
+
+
+def pools_table(answer: dict[str, Any]) -> Table:
+    """GET /pools as a table: a row per worker (so that its catalog stays beside it when
+    a long node name folds), the pool's own figures on its first. Headers break where they
+    may, and a node name folds rather than being cut."""
+    table = Table(
+        "pool", "suited\nto", "queued", "workers", "catalog", "time\nlimit", "termi-\nnate",
+        "memory\nisolation",
+    )  # fmt: skip
+    table.columns[3].overflow = "fold"
+    flags = ("hard_time_limit", "terminate_running", "memory_isolation")
+    for pool in answer["pools"]:
+        caps = pool["capabilities"]
+        first = [pool["name"], pool["suited_to"], str(pool["queued"])]
+        enforces = ["yes" if caps[flag] else "no" for flag in flags]
+        workers = [
+            (f"{w['node']} (x{w['concurrency']})", CATALOG_CELL[w.get("catalog_matches")])
+            for w in pool["workers"]
+        ] or [("[red]none[/]", "")]
+        for number, (worker, catalog) in enumerate(workers):
+            own = first if number == 0 else ["", "", ""]
+            flagged = enforces if number == 0 else ["", "", ""]
+            last = number == len(workers) - 1
+            table.add_row(*own, worker, catalog, *flagged, end_section=last)
+    return table
+
+
+def mismatch_line(mismatch: dict[str, Any]) -> str:
+    """One line on a worker whose catalog is not the API's, in GET /pools' words: the
+    workloads it is missing (the API accepts their jobs, and they fail on it), has extra,
+    and has changed (another version: its params or kind differ)."""
+    parts = [f"{field} {', '.join(mismatch[field])}" for field in ("missing", "extra", "changed")
+             if mismatch[field]]  # fmt: skip
+    if mismatch["missing"]:
+        parts[0] += " (their jobs fail there)"
+    what = "; ".join(parts) or "another fingerprint"
+    return f"{mismatch['worker']}: catalog differs from the API's: {what}"
 
 
 @app.command()

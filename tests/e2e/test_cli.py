@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,21 @@ def test_submit_wait_status_jobs_pools(stack: Stack) -> None:
     pools = cli(stack, "pools")
     assert pools.returncode == 0
     assert all(name in pools.stdout for name in ("threads", "prefork", "gevent"))
-    assert "workers" in pools.stdout
+    assert "workers" in pools.stdout and "catalog" in pools.stdout
+    # Every worker of the stack has the API's catalog: a ✓ on its line, nothing below.
+    assert worker_lines(pools.stdout, "✓") == worker_lines(pools.stdout), pools.stdout
+    assert len(worker_lines(pools.stdout)) == 3, pools.stdout
+    assert "differs" not in pools.stdout
+    narrow = cli(stack, "pools", columns=80)  # a row per worker: names fold, never cut
+    assert narrow.returncode == 0 and "…" not in narrow.stdout, narrow.stdout
+    assert drawn_whole(narrow.stdout) and narrow.stdout.count("✓") == 3, narrow.stdout
     catalog = cli(stack, "workloads")
     assert catalog.returncode == 0 and "http_get" in catalog.stdout
+
+
+def worker_lines(stdout: str, mark: str = "") -> list[str]:
+    """The lines of `jobrunner pools` that name a worker (`node (xN)`), with `mark`."""
+    return [line for line in stdout.splitlines() if " (x" in line and mark in line]
 
 
 def test_a_failed_job_exits_non_zero(stack: Stack) -> None:
@@ -213,3 +226,75 @@ def test_cli_finds_the_api_and_key_by_itself(stack: Stack, tmp_path: Path) -> No
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert refused.returncode != 0 and "401" in refused.stderr
+
+
+# -- a user's async workload, and a worker without the user's module ---------------------
+
+USER_JOBS = '''
+import asyncio
+
+from jobrunner import workload
+
+
+@workload
+async def nap(ms: int = 5) -> int:
+    """Waits on asyncio."""
+    await asyncio.sleep(ms / 1000)
+    return ms
+'''
+
+
+@pytest.fixture(scope="module")
+def napping(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The API, a threads, a prefork and the experiments worker with a user's module of
+    one async workload; a gevent worker started without it."""
+    folder = tmp_path_factory.mktemp("napjobs")
+    (folder / "napjobs.py").write_text(USER_JOBS)
+    path = os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])
+    stack = Stack(
+        tmp_path_factory.mktemp("nap-stack"),
+        env_overrides={"JOBRUNNER_WORKLOADS": "napjobs", "PYTHONPATH": path},
+    )
+    try:
+        stack.start_redis()
+        stack.start_api()
+        stack.start_worker("threads", 2)
+        stack.start_worker("prefork", 1)
+        stack.start_worker("experiments")
+        without = stack.worker_process("gevent", 5)
+        without.env = {**without.env, "JOBRUNNER_WORKLOADS": ""}
+        stack.start(without)
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_compare_leaves_gevent_out_for_an_async_workload(napping: Stack, tmp_path: Path) -> None:
+    answer = cli(
+        napping, "compare", "nap", "--count", "4", "--local", "none", "--out", str(tmp_path)
+    )
+    assert answer.returncode == 0, answer.stderr + answer.stdout
+    said = [line for line in answer.stdout.splitlines() if "left out" in line]
+    assert said == ["pools: threads, prefork (gevent left out: nap is async, and gevent's "
+                    "greenlets share one thread, so one event loop)"], answer.stdout  # fmt: skip
+    report = json.loads((tmp_path / "report.json").read_text())["report"]
+    assert [t["target"] for t in report["targets"]] == ["threads", "prefork"]
+
+    # Named on the command line, gevent goes to the API, whose 422 says why.
+    asked = cli(napping, "compare", "nap", "--count", "4", "--local", "none", "--pools", "gevent")
+    assert asked.returncode == 1, asked.stderr + asked.stdout
+    assert "422" in asked.stderr and "gevent cannot run nap" in asked.stderr, asked.stderr
+    assert "left out" not in asked.stdout
+
+
+def test_pools_names_a_worker_whose_catalog_differs(napping: Stack) -> None:
+    without = next(w for w in napping.workers if w.pool == "gevent")
+    answer = cli(napping, "pools")
+    assert answer.returncode == 0, answer.stderr
+    assert [without.node in line for line in worker_lines(answer.stdout, "differs")] == [True]
+    assert len(worker_lines(answer.stdout, "✓")) == 2, answer.stdout  # threads, prefork
+    below = [line for line in answer.stdout.splitlines() if line.startswith(without.node)]
+    assert below == [
+        f"{without.node}: catalog differs from the API's: missing nap (their jobs fail there)"
+    ], answer.stdout
