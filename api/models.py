@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter, create_model
 
 from services.catalog.workloads import CATALOG, Workload, WorkloadName
+from services.core.json_numbers import WHOLE_FLOATS_AS_INT
 from services.core.vocabulary import JobState, PoolName, WorkloadKind
 from services.jobs.record import JobRecord
 from services.lab.experiments import Experiment, HostTopology
@@ -23,23 +24,27 @@ class JobOptions(BaseModel):
     pool: PoolName | None = Field(
         None, description="Pool to run on; left out, the pool suited to the workload's kind."
     )
-    max_retries: int = Field(
-        0, ge=0, le=10, strict=True, description="Retries after failures the workload marks "
-        "retryable.",
-    )  # fmt: skip
+    max_retries: Annotated[
+        int,
+        Field(ge=0, le=10, strict=True,
+              description="Retries after failures the workload marks retryable (left out: "
+              "the workload's own default)."),
+        WHOLE_FLOATS_AS_INT,
+    ] = 0  # fmt: skip
     backoff: float = Field(
         1.0, ge=0, le=300, strict=True,
         description="Seconds; retry n waits up to backoff * 2**(n-1) (full jitter). The "
         "last retry's bound, backoff * 2**(max_retries-1), must stay below "
         "JOB_VISIBILITY_TIMEOUT and JOB_RESULT_TTL.",
     )  # fmt: skip
-    time_limit: int | None = Field(
-        None,
-        ge=1,
-        strict=True,
-        description="Seconds before the job is killed (pools with hard_time_limit only); "
-        "at most JOB_MAX_TIME_LIMIT, which stays below JOB_VISIBILITY_TIMEOUT.",
-    )
+    time_limit: Annotated[
+        int | None,
+        Field(ge=1, strict=True,
+              description="Seconds before the job is killed (pools with hard_time_limit "
+              "only); at most JOB_MAX_TIME_LIMIT, which stays below JOB_VISIBILITY_TIMEOUT. "
+              "Left out: the workload's own default; null: none."),
+        WHOLE_FLOATS_AS_INT,
+    ] = None  # fmt: skip
 
 
 def _submission_model(workload: Workload) -> type[JobOptions]:
@@ -258,4 +263,10 @@ class ExperimentListQuery(BaseModel):
 
 
 class CompareQuery(BaseModel):
-    ids: str = Field(..., description="Comma-separated experiment ids, e.g. ?ids=a,b")
+    # The pattern is the route's own rule (two ids or more), so the document allows only
+    # what the endpoint takes.
+    ids: str = Field(
+        ...,
+        pattern=r"^[^,]+(,[^,]+)+$",
+        description="Two or more comma-separated experiment ids, e.g. ?ids=a,b",
+    )

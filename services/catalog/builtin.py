@@ -15,6 +15,7 @@ from pydantic import Field
 
 from services.catalog.http_get import HttpGetParams, check_allowed_host, http_get
 from services.catalog.registry import workload
+from services.core.json_numbers import WHOLE_FLOATS_AS_INT
 
 MIB = 1024 * 1024
 
@@ -45,7 +46,9 @@ def http_get_job(params: HttpGetParams) -> dict[str, Any]:
 @workload(kind="cpu")
 def cpu_hash(
     rounds: Annotated[
-        int, Field(ge=1, le=5_000_000, strict=True, description="sha256 applications, chained.")
+        int,
+        Field(ge=1, le=5_000_000, strict=True, description="sha256 applications, chained."),
+        WHOLE_FLOATS_AS_INT,
     ],
 ) -> str:
     """Chained sha256, pure CPU."""
@@ -60,7 +63,9 @@ def cpu_hash(
 @workload(kind="cpu")
 def cpu_primes(
     below: Annotated[
-        int, Field(ge=2, le=2_000_000, strict=True, description="Count the primes below this.")
+        int,
+        Field(ge=2, le=2_000_000, strict=True, description="Count the primes below this."),
+        WHOLE_FLOATS_AS_INT,
     ],
 ) -> int:
     """Counts primes, pure Python."""
@@ -88,10 +93,14 @@ def _zeros(mebibytes: int) -> bytes:
 @workload(kind="cpu", default_pool="threads")
 def cpu_hash_nogil(
     mebibytes: Annotated[
-        int, Field(ge=1, le=64, strict=True, description="Size of the buffer hashed, MiB.")
+        int,
+        Field(ge=1, le=64, strict=True, description="Size of the buffer hashed, MiB."),
+        WHOLE_FLOATS_AS_INT,
     ] = 8,
     rounds: Annotated[
-        int, Field(ge=1, le=100, strict=True, description="Times the buffer is hashed.")
+        int,
+        Field(ge=1, le=100, strict=True, description="Times the buffer is hashed."),
+        WHOLE_FLOATS_AS_INT,
     ] = 1,
 ) -> str:
     """sha256 over a large buffer: CPU work in C that releases the GIL, so threads scale."""
@@ -133,7 +142,9 @@ def mixed(
 @workload(default_pool="threads")
 def allocate(
     mebibytes: Annotated[
-        int, Field(ge=1, le=1024, strict=True, description="Memory allocated and touched, MiB.")
+        int,
+        Field(ge=1, le=1024, strict=True, description="Memory allocated and touched, MiB."),
+        WHOLE_FLOATS_AS_INT,
     ] = 64,
     hold_ms: Annotated[
         float, Field(ge=0, le=60_000, strict=True, description="How long it is held, ms.")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import http.client
 import io
+import re
 import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from services.catalog.errors import WorkloadError
 from services.core.settings import get_settings
@@ -24,9 +25,46 @@ from services.core.settings import get_settings
 HTTP_MAX_BODY_BYTES = 1_048_576
 
 
+# A URL as RFC 3986 writes one (what the schema's `format: uri` means): an authority, then
+# a path, a query and a fragment of the characters each may hold, `%` only as an escape.
+# Anything else is refused, not quietly escaped: what is fetched is what was sent.
+_PCHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})"
+URI_REST = rf"(?:/{_PCHAR}*)*(?:\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?"
+_AUTHORITY = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@\[\]]|%[0-9A-Fa-f]{2})*"
+URI = rf"[A-Za-z][A-Za-z0-9+.\-]*://{_AUTHORITY}{URI_REST}"
+
+
+def allowed_url_pattern() -> str:
+    """A regular expression of the URLs whose host is on JOB_HTTP_ALLOWED_HOSTS: the
+    OpenAPI document then allows only URLs the API takes (check_allowed_host decides)."""
+    hosts = [
+        f"\\[{re.escape(host)}\\]" if ":" in host else re.escape(host)
+        for host in get_settings().job_http_allowed_hosts
+    ]
+    port = (
+        r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+    )
+    return rf"^[hH][tT][tT][pP][sS]?://(?:{'|'.join(hosts)}){port}{URI_REST}$"
+
+
 class HttpGetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: HttpUrl = Field(..., description="http(s) URL whose host is in JOB_HTTP_ALLOWED_HOSTS.")
+    url: HttpUrl = Field(
+        ...,
+        description="http(s) URL whose host is in JOB_HTTP_ALLOWED_HOSTS.",
+        json_schema_extra={"pattern": allowed_url_pattern()},
+    )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _only_uri_characters(cls, value: Any) -> Any:
+        if isinstance(value, str) and not re.fullmatch(URI, value):
+            raise ValueError(
+                "not a URI as RFC 3986 writes one: only the characters each part may "
+                "hold (escape others as %XX), and one # at most"
+            )
+        return value
+
     timeout: float = Field(
         10, gt=0, le=30, strict=True, description="Seconds for connect and for the whole read."
     )

@@ -7,7 +7,7 @@ report) lives in Redis (services/lab/experiment_store.py).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from services.catalog.pools import pool_cannot_run
 from services.catalog.workloads import CATALOG, WorkloadName, get_workload, resolve_name
+from services.core.json_numbers import WHOLE_FLOATS_AS_INT
 from services.core.vocabulary import ExperimentState, PoolName, WorkloadKind
 from services.lab.executors import LOCAL_EXECUTORS
 from services.lab.metrics import TargetReport
@@ -39,23 +40,55 @@ def _stored(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("stored"))
 
 
+def _as_strict_as_validation(schema: dict[str, Any]) -> None:
+    """What the validators check, said in the schema too, so that a request the document
+    allows is one the endpoint takes: at least one target, and each workload's params
+    (as its own schema; one with nested models of its own stays a plain object)."""
+    schema["anyOf"] = [
+        {"required": ["pools"], "properties": {"pools": {"minItems": 1}}},
+        {"required": ["local"], "properties": {"local": {"minItems": 1}}},
+    ]
+    by_workload = []
+    for name, entry in CATALOG.items():
+        params = entry.params.model_json_schema()
+        if "$defs" in params:
+            continue
+        then: dict[str, Any] = {"properties": {"params": params}}
+        if params.get("required"):
+            then["required"] = ["params"]  # left out, params is {}: missing what it needs
+        by_workload.append(
+            {"if": {"properties": {"workload": {"const": name}}, "required": ["workload"]},
+             "then": then}
+        )  # fmt: skip
+    schema["allOf"] = by_workload
+
+
 class ExperimentRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_as_strict_as_validation)
     workload: WorkloadName = Field(
         ...,
         description="A workload of the catalog (GET /workloads), by name or by its "
         "`module:function` ref; the experiment records the name.",
     )
     params: dict[str, Any] = Field(default_factory=dict)
-    count: int = Field(..., ge=1, le=5_000, strict=True, description="Jobs per target.")
-    pools: list[PoolName] = Field(default_factory=list)
+    count: Annotated[
+        int, Field(ge=1, le=5_000, strict=True, description="Jobs per target."),
+        WHOLE_FLOATS_AS_INT,
+    ]  # fmt: skip
+    # Each target once, and at least one target: what _targets checks, said in the schema
+    # too, so a client generated from the document cannot build a request it refuses.
+    pools: list[PoolName] = Field(default_factory=list, json_schema_extra={"uniqueItems": True})
     local: list[LocalTarget] = Field(
-        default_factory=list, description="Local executors, with max_workers = concurrency."
+        default_factory=list,
+        description="Local executors, with max_workers = concurrency.",
+        json_schema_extra={"uniqueItems": True},
     )
-    concurrency: int = Field(
-        8, ge=1, le=1_000, strict=True,
-        description="Of the local executors; the pools run with their workers' concurrency.",
-    )  # fmt: skip
+    concurrency: Annotated[
+        int,
+        Field(ge=1, le=1_000, strict=True,
+              description="Of the local executors; the pools run with their workers' concurrency."),
+        WHOLE_FLOATS_AS_INT,
+    ] = 8  # fmt: skip
 
     @field_validator("workload", mode="wrap")
     @classmethod
