@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=40
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -28,7 +28,7 @@ def api_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.stop()
 
 
-def schemathesis(stack: Stack, *options: str, timeout: float = 300) -> None:
+def schemathesis(stack: Stack, *options: str, timeout: float = 400) -> None:
     st = Path(sys.executable).with_name("st")
     result = subprocess.run(
         [
@@ -37,7 +37,10 @@ def schemathesis(stack: Stack, *options: str, timeout: float = 300) -> None:
             "--checks", "all",
             "--phases", "examples,coverage,fuzzing",
             "--seed", "20261124",
-            "--workers", "2",
+            # One worker: hypothesis describes its filters by parsing their source with
+            # `ast`, which on CPython 3.11.7 fails in two threads at once ("AST
+            # constructor recursion depth mismatch").
+            "--workers", "1",
             *options,
         ],
         capture_output=True, text=True, timeout=timeout,
@@ -45,6 +48,7 @@ def schemathesis(stack: Stack, *options: str, timeout: float = 300) -> None:
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
+@pytest.mark.timeout(420)
 def test_api_conforms_to_its_openapi_document(api_only: Stack) -> None:
     """Every operation: no 5xx, answers as documented, and schema-violating requests
     refused. Submissions are also refused for what only configuration and the pools
@@ -52,19 +56,21 @@ def test_api_conforms_to_its_openapi_document(api_only: Stack) -> None:
     outliving the visibility timeout), which a schema cannot say: positive checks are
     off here, and on in the test below for everything else."""
     schemathesis(api_only, "--exclude-checks", "positive_data_acceptance",
-                 "--exclude-path", "/lab/delay", "--max-examples", "25")  # fmt: skip
+                 "--exclude-path", "/lab/delay", "--max-examples", "15")  # fmt: skip
 
 
+@pytest.mark.timeout(420)
 def test_what_the_document_allows_is_accepted(api_only: Stack) -> None:
     """Positive checks on every operation but job submission: the schema is as strict
     as the validation (an experiment's params per workload, at least one target, two
     ids to compare, http_get's allowed hosts), so a request it allows is taken."""
     schemathesis(api_only, "--include-path-regex", "^/(experiments|workloads|pools|scaling"
-                 "|healthz|readyz|jobs/[{])", "--max-examples", "25")  # fmt: skip
+                 "|healthz|readyz|jobs/[{])", "--max-examples", "15")  # fmt: skip
 
 
+@pytest.mark.timeout(420)
 def test_lab_delay_conforms_within_its_bound(api_only: Stack) -> None:
     """/lab/delay waits up to 30 s by design: every check, with a response-time bound
     just above that and a request timeout above it."""
-    schemathesis(api_only, "--include-path", "/lab/delay", "--max-examples", "5",
-                 "--max-response-time", "32", "--request-timeout", "35", timeout=600)  # fmt: skip
+    schemathesis(api_only, "--include-path", "/lab/delay", "--max-examples", "3",
+                 "--max-response-time", "32", "--request-timeout", "35", timeout=400)  # fmt: skip
