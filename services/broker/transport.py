@@ -256,6 +256,13 @@ class Channel(kombu_redis.Channel):
         if client:
             yield client
             return
+        if getattr(self.connection, "client", None) is None:
+            # The broker connection was released (Celery restarting its consumer after
+            # Redis went away): no pool can be made for it, and kombu would fail with an
+            # AttributeError that stops the worker. A Redis error instead: acknowledgements
+            # wait for the next flush, restores for the next sweep, and the consumer
+            # reconnects.
+            raise redis.ConnectionError("the broker connection was released; reconnecting")
         shared = self._shared_client
         if shared is None or shared.connection_pool is not self.pool:
             shared = self._shared_client = self._create_client()

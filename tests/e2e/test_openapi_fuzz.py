@@ -56,7 +56,7 @@ def test_api_conforms_to_its_openapi_document(api_only: Stack) -> None:
     outliving the visibility timeout), which a schema cannot say: positive checks are
     off here, and on in the test below for everything else."""
     schemathesis(api_only, "--exclude-checks", "positive_data_acceptance",
-                 "--exclude-path", "/lab/delay", "--max-examples", "15")  # fmt: skip
+                 "--exclude-path", "/lab/delay", "--max-examples", "10")  # fmt: skip
 
 
 @pytest.mark.timeout(420)
