@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     redis_tls_key_file: Path | None = Field(
         None, description="With rediss://: the private key of REDIS_TLS_CERT_FILE."
     )
+    redis_sentinel_master: str = Field(
+        "mymaster",
+        min_length=1,
+        description="With a Sentinel REDIS_URL (`sentinel://host:26379;sentinel://host2:26379`, "
+        "as Celery spells it): the name of the master the sentinels watch.",
+    )
     job_result_ttl: int = Field(
         86_400, ge=60, description="Seconds a job record (and its result) is kept."
     )
@@ -125,6 +131,17 @@ class Settings(BaseSettings):
         ge=1,
         description="Jobs after which a prefork pool process is replaced (Celery's "
         "--max-tasks-per-child; unset: never).",
+    )
+    job_task_events: Literal["on", "off"] = Field(
+        "off",
+        description="on: workers send Celery task events, so Flower lists each job (task "
+        "name and arguments name the workload and the job id); costs throughput, see "
+        "docs/observability.md.",
+    )
+    job_reconciler: Literal["on", "off"] = Field(
+        "on",
+        description="off: no worker re-sends jobs whose lease ran out. Only for tests that "
+        "prove one recovery mechanism alone; in production leave it on.",
     )
     worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL"] = Field(
         "INFO", description="Celery log level of `python -m worker`."
