@@ -135,8 +135,7 @@ class Settings(BaseSettings):
     job_task_events: Literal["on", "off"] = Field(
         "off",
         description="on: workers send Celery task events, so Flower lists each job (task "
-        "name and arguments name the workload and the job id); costs throughput, see "
-        "docs/observability.md.",
+        "name and arguments name the workload and the job id); costs some throughput.",
     )
     job_reconciler: Literal["on", "off"] = Field(
         "on",

@@ -117,6 +117,7 @@ NOT_IN_COMPOSE_ENV = {
     "jobrunner_run_dir": "make run's folder; containers keep nothing on local disk",
     "jobrunner_url": "read by the CLI, on the user's machine",
     "jobrunner_api_key": "read by the CLI, on the user's machine",
+    "job_reconciler": "off only in tests that prove one recovery mechanism alone",
 }
 # Compose defaults that differ from the local ones on purpose.
 COMPOSE_OWN_DEFAULTS = {
