@@ -32,6 +32,9 @@ SCOPES = ("read", "submit", "admin")
 PUBLIC_ENDPOINTS = frozenset(
     {"health.healthz", "health.readyz", "openapi", "delay.delay", "static"}
 )
+# The dashboard's pages and assets: a shell with no data in it. Every figure it shows comes
+# from the API with the key the user signed in with, so it can do nothing a key cannot.
+PUBLIC_BLUEPRINTS = frozenset({"dashboard"})
 # Where the method alone does not say it: cancelling is an operator's act, and so is
 # starting an experiment, which occupies every pool.
 SCOPE_OVERRIDES = {"jobs.cancel_job": "admin"}
@@ -128,7 +131,12 @@ def install_auth(app: Flask) -> None:
     @app.before_request
     def _authenticate() -> None:
         endpoint = request.endpoint
-        if endpoint is None or endpoint in PUBLIC_ENDPOINTS or endpoint.startswith("openapi_"):
+        if (
+            endpoint is None
+            or endpoint in PUBLIC_ENDPOINTS
+            or endpoint.startswith("openapi_")
+            or endpoint.split(".")[0] in PUBLIC_BLUEPRINTS
+        ):
             return  # unknown paths answer 404 on their own
         if auth_off:
             g.client_name = "anonymous"
