@@ -34,7 +34,10 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
-	$(PY) -m pytest -q --durations=40
+	# Two phases (tests/conftest.py): the suite on two xdist workers, then the tests that
+	# compare timings with what the machine gives, alone.
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not timed" --durations=30
+	$(PY) -m pytest -q -m timed --durations=10
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
