@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from services.core.redis_clients import storage_refusal
+from services.jobs.submission import NotReplicated
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ def broker_problem(exc: Exception | None = None) -> Problem:
     full = storage_refusal(exc)
     if full is not None:
         return redis_full_problem(full)
+    if isinstance(exc, NotReplicated):  # stored on the primary, unconfirmed: say so
+        return Problem(503, "Service Unavailable", str(exc), headers={"Retry-After": "1"})
     return Problem(
         503, "Service Unavailable", "Redis did not take the job; nothing was queued",
         headers={"Retry-After": "1"},

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from services.broker.transport import TRANSPORT_PATH
+from services.broker.transport import TRANSPORT_PATH, sentinel_broker, sentinel_options
 from services.core.redis_clients import tls_options
 from services.core.settings import Settings, get_settings
 
@@ -27,6 +27,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_url": settings.redis_url,
         # kombu's Redis transport minus a redis-py client built per command (see there).
         "broker_transport": TRANSPORT_PATH,
+        # A sentinel:// REDIS_URL: one sentinel's URL, the same transport on kombu's
+        # Sentinel channel, and every sentinel among the transport options (see there).
+        **sentinel_broker(settings),
         # Our job record in Redis is the result store (with its own TTL); Celery's result
         # backend would write a second copy of every result.
         "task_ignore_result": True,
@@ -45,6 +48,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_transport_options": {
             # A message taken by a worker that vanished is delivered again after this.
             "visibility_timeout": visibility,
+            **sentinel_options(settings),
             # kombu sweeps for such messages every interval * throttle seconds; with the
             # defaults (10 * 10) a short visibility timeout would still wait 100 s.
             "unacked_restore_interval": max(1, min(10, visibility // 4)),
@@ -68,9 +72,12 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_connection_retry_on_startup": True,
         # The process's own logging setup (gunicorn's, the local runner's) stays as it is.
         "worker_hijack_root_logger": False,
-        # No event per task sent and per state: nothing here consumes them (the job record
-        # holds every timestamp), and each costs a publish on the job's path.
-        "worker_send_task_events": False,
+        # An event per task state only with JOB_TASK_EVENTS=on, for Flower's task view: the
+        # job record holds every timestamp, and each event costs a publish on the job's
+        # path (docs/observability.md has the cost). Never a task-sent event: a job's
+        # first message is a copy Celery never sends (services/broker/messages.py), and
+        # the one it does build would carry its event into the copy's collecting channel.
+        "worker_send_task_events": settings.job_task_events == "on",
         "task_send_sent_event": False,
     }
 

@@ -30,6 +30,10 @@ What each change measured is in docs/performance.md. A channel can also hand bac
 would have pushed (`collecting`), so that services/broker/messages.py can let Celery and
 kombu build a message once and then write it into the same Redis transaction as the
 job's record.
+
+With a sentinel:// REDIS_URL the same channel runs on kombu's Sentinel channel
+(`SentinelTransport`): its connections go to the master the sentinels name, and follow a
+failover (docs/high-availability.md).
 """
 
 from __future__ import annotations
@@ -44,17 +48,20 @@ from queue import Empty
 from typing import Any
 
 import redis
+import redis.sentinel
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from services.broker.qos import QoS
-from services.core.redis_clients import storage_refusal
+from services.core.redis_clients import is_sentinel_url, sentinel_target, storage_refusal
+from services.core.settings import Settings
 
 # What `broker_transport` names; kombu resolves "module:Class" paths itself.
 log = logging.getLogger(__name__)
 
 TRANSPORT_PATH = "services.broker.transport:Transport"
+SENTINEL_TRANSPORT_PATH = "services.broker.transport:SentinelTransport"
 
 # A BRPOP answered within its round trip plus this found messages waiting: more may be
 # behind them. The margin covers the worker's own scheduling noise.
@@ -318,3 +325,70 @@ class Transport(kombu_redis.Transport):
         return any(
             channel.active_queues and not channel.qos.can_consume() for channel in self.channels
         )
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """Our channel on kombu's Sentinel channel: every change above, with connections
+    made by a pool that asks the sentinels where the master is (kombu's), so the
+    consumer, the publisher and the acknowledgements all reconnect to a new master.
+
+    The sentinels come from the `sentinels` transport option, not from the broker URL's
+    alternates as in kombu: see `sentinel_broker`.
+    """
+
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "sentinels")
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        # kombu's own, but for where the list of sentinels comes from.
+        if not self.master_name or not self.sentinels:
+            raise ValueError("the 'master_name' and 'sentinels' transport options are needed")
+        params = self._connparams(asynchronous)
+        params.pop("host", None)
+        params.pop("port", None)
+        manager = redis.sentinel.Sentinel(
+            [tuple(address) for address in self.sentinels],
+            min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=getattr(self, "sentinel_kwargs", None),
+            **params,
+        )
+        # Kept, so kombu's _disconnect_pools closes its connections to the sentinels.
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        credentials = {key: params[key] for key in ("username", "password") if key in params}
+        master = manager.master_for(self.master_name, redis.Redis, **credentials)
+        return master.connection_pool
+
+
+class SentinelTransport(Transport):
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port
+
+
+def sentinel_broker(settings: Settings) -> dict[str, Any]:
+    """Celery's broker_url and broker_transport for a sentinel:// REDIS_URL (nothing for
+    another): one sentinel's URL, and our Sentinel transport.
+
+    Not the URL itself: kombu takes each `;`-separated part for an alternate broker, and
+    on a connection error (every failover has some) switches to the next one by parsing
+    its URL again, which puts kombu's own transport of the scheme in place of the one
+    configured (kombu/connection.py, Connection.switch): the API's publisher, and a
+    worker's consumer, would go on without the changes above. With one URL there is
+    nothing to switch to, and the channel asks every sentinel (`sentinel_options`).
+    """
+    if not is_sentinel_url(settings.redis_url):
+        return {}
+    first = settings.redis_url.split(";", 1)[0].strip()
+    return {"broker_url": first, "broker_transport": SENTINEL_TRANSPORT_PATH}
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """The transport options of a sentinel:// REDIS_URL (nothing for another): the
+    master's name and every sentinel."""
+    if not is_sentinel_url(settings.redis_url):
+        return {}
+    target = sentinel_target(settings.redis_url)
+    return {"master_name": settings.redis_sentinel_master, "sentinels": list(target.sentinels)}

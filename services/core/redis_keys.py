@@ -24,6 +24,12 @@ def rate_window(client_name: str, second: int) -> str:
     return f"{PREFIX}:rate:{client_name}:{second}"
 
 
+def replication_fence() -> str:
+    """Counter an accept writes before waiting for replicas (WAIT), when its job was
+    written on another connection (services/jobs/submission.py)."""
+    return f"{PREFIX}:replication-fence"
+
+
 def idempotency(client_name: str, key: str) -> str:
     """The job a client's Idempotency-Key was first used for."""
     return f"{PREFIX}:idempotency:{client_name}:{key}"

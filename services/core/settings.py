@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         description="With a Sentinel REDIS_URL (`sentinel://host:26379;sentinel://host2:26379`, "
         "as Celery spells it): the name of the master the sentinels watch.",
     )
+    job_accept_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas every accepted job must reach before the API answers 202 "
+        "(Redis WAIT, at most 1 s; fewer in time: a 503, the job possibly kept). 0: the "
+        "primary's word alone, which a failover can lose (docs/high-availability.md).",
+    )
     job_result_ttl: int = Field(
         86_400, ge=60, description="Seconds a job record (and its result) is kept."
     )

@@ -21,6 +21,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from services.core import redis_keys
+from services.core.settings import get_settings
 from services.jobs.record import JobRecord
 from services.jobs.store import JobStore
 from services.jobs.submission import (
@@ -29,6 +30,7 @@ from services.jobs.submission import (
     job_messages,
     new_record,
     unavailable,
+    wait_for_replicas,
 )
 
 # Rounds of WATCH, read, write: each lost round means another request committed the key,
@@ -55,6 +57,8 @@ def submit_once(
     record = new_record(spec)
     messages = job_messages(celery, [record])
     claim = json.dumps({"job_id": record.id, "request": request})
+    # JOB_ACCEPT_REPLICAS: a replayed job too, which may not have reached them yet.
+    wanted = get_settings().job_accept_replicas
     try:
         with store.redis.pipeline(transaction=True) as pipe:
             for _ in range(MAX_ROUNDS):
@@ -62,11 +66,15 @@ def submit_once(
                     pipe.watch(claim_key)
                     earlier = claimed_job(store, pipe.get(claim_key), request, key)
                     if earlier is not None:
+                        if wanted:
+                            wait_for_replicas(store.redis, wanted)
                         return earlier, True
                     pipe.multi()
                     store.create_many([record], messages=messages, pipe=pipe)
                     pipe.set(claim_key, claim, ex=store.ttl)
                     pipe.execute()
+                    if wanted:
+                        wait_for_replicas(store.redis, wanted)
                     return record, False
                 except redis.WatchError:
                     # Another request took the key (or the connection broke while we

@@ -12,11 +12,13 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from services.broker.celery_app import RUN_JOB_TASK
-from services.broker.messages import MessageFactory
+from services.broker.messages import MessageFactory, kwargs_shown
 from services.catalog.pools import POOLS, default_pool_for
 from services.catalog.workloads import get_workload
+from services.core import redis_keys
 from services.core.ids import new_uuid4
 from services.core.redis_clients import storage_refusal
+from services.core.settings import get_settings
 from services.core.vocabulary import JobState
 from services.jobs.record import JobRecord
 from services.jobs.store import JobStore
@@ -33,6 +35,42 @@ class RedisFull(BrokerUnavailable):
     def __init__(self, message: str, full: str) -> None:
         super().__init__(message)
         self.full = full  # "memory" or "disk"
+
+
+class NotReplicated(BrokerUnavailable):
+    """The primary took the job, but fewer replicas than JOB_ACCEPT_REPLICAS confirmed it
+    in time: it may run, or be lost if the primary fails now. Not accepted, then; the same
+    Idempotency-Key makes sending it again safe."""
+
+
+# How long an accept waits for its replicas (JOB_ACCEPT_REPLICAS): a replica answers
+# within a round trip (the primary asks it at once), so this only runs out when one is
+# gone or far behind. Below REDIS_SOCKET_TIMEOUT's default, or the reply would time out.
+ACCEPT_WAIT_MS = 1_000
+
+
+def replicas_confirm(acknowledged: int, wanted: int, jobs: int = 1) -> None:
+    """NotReplicated unless `acknowledged` (WAIT's answer) reached `wanted`."""
+    if acknowledged < wanted:
+        what = "the job" if jobs == 1 else f"the {jobs} jobs"
+        raise NotReplicated(
+            f"the Redis primary stored {what}, but {acknowledged} of the {wanted} replicas "
+            f"JOB_ACCEPT_REPLICAS asks for confirmed within {ACCEPT_WAIT_MS} ms: not "
+            "accepted (it may still run); send it again with the same Idempotency-Key "
+            "to be sure of one job"
+        )
+
+
+def wait_for_replicas(client: redis.Redis, wanted: int) -> None:
+    """After writes made on another connection of `client` (a WATCHed transaction):
+    NotReplicated unless `wanted` replicas have them. WAIT counts the replicas holding
+    this connection's own last write, so it first writes a fence: replication is one
+    ordered stream, and a replica holding the fence holds every write made before it."""
+    pipe = client.pipeline(transaction=False)
+    pipe.incr(redis_keys.replication_fence())
+    pipe.wait(wanted, ACCEPT_WAIT_MS)
+    *_, acknowledged = pipe.execute()
+    replicas_confirm(acknowledged, wanted)
 
 
 def unavailable(exc: Exception) -> BrokerUnavailable:
@@ -98,7 +136,7 @@ def send_job_message(
     try:
         celery.send_task(
             RUN_JOB_TASK, args=[record.id], kwargs=kwargs, retry=False,
-            **send_options(record, task_id),
+            kwargsrepr=kwargs_shown(record.workload, kwargs), **send_options(record, task_id),
         )  # fmt: skip
     except (OperationalError, redis.RedisError) as exc:
         raise unavailable(exc) from exc
@@ -115,7 +153,8 @@ def job_messages(celery: Celery, records: list[JobRecord]) -> dict[str, list[str
     messages = message_factory(celery)
     queued: dict[str, list[str]] = {}
     for record in records:
-        key, payload = messages.message(record.id, POOLS[record.pool].queue, record.time_limit)
+        queue = POOLS[record.pool].queue
+        key, payload = messages.message(record.id, queue, record.time_limit, record.workload)
         queued.setdefault(key, []).append(payload)
     return queued
 
@@ -123,11 +162,23 @@ def job_messages(celery: Celery, records: list[JobRecord]) -> dict[str, list[str
 def store_and_send(store: JobStore, celery: Celery, records: list[JobRecord]) -> None:
     """Every record, its index entries and its Celery message in one script: one round
     trip, and all of them reach Redis or none does, so a worker never receives a job it
-    cannot find and no record waits for a message that was never sent."""
+    cannot find and no record waits for a message that was never sent.
+
+    With JOB_ACCEPT_REPLICAS, a WAIT on the same connection follows the script in the
+    same round trip: NotReplicated unless that many replicas have the jobs."""
+    wanted = get_settings().job_accept_replicas
     try:
-        store.create_many(records, messages=job_messages(celery, records))
+        messages = job_messages(celery, records)
+        if not wanted:
+            store.create_many(records, messages=messages)
+            return
+        pipe = store.redis.pipeline(transaction=False)
+        store.create_many(records, messages=messages, pipe=pipe)
+        pipe.wait(wanted, ACCEPT_WAIT_MS)
+        *_, acknowledged = pipe.execute()
     except (OperationalError, redis.RedisError) as exc:
         raise unavailable(exc) from exc
+    replicas_confirm(acknowledged, wanted, len(records))
 
 
 def submit_job(
