@@ -7,12 +7,13 @@ import logging
 from flask import Flask, Response, json
 from werkzeug.routing import BaseConverter
 
+from api import dashboard
 from api.auth import install_auth
 from api.context import ApiContext
 from api.errors import install_error_handlers
 from api.openapi import document as openapi_document
 from api.openapi import spec
-from api.routes import batch, catalog, delay, experiments, health, jobs, pools, scaling
+from api.routes import batch, catalog, delay, experiments, health, jobs, me, pools, scaling
 from services.broker.celery_app import make_celery
 from services.core.redis_clients import redis_client
 from services.core.settings import Settings, get_settings
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         store=JobStore(client, settings.job_result_ttl),
         celery=make_celery(settings),
     )
-    for module in (batch, jobs, catalog, pools, scaling, health, delay, experiments):
+    for module in (batch, jobs, catalog, pools, scaling, health, delay, experiments, me, dashboard):
         app.register_blueprint(module.blueprint)
     install_error_handlers(app)
     install_auth(app)

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\njobrunner is up at {launcher.api_url}   (Ctrl-C stops everything)")
             if args.role == "api" and settings.api_host.startswith("127."):
                 # A cluster's API that only this machine can reach is a common first slip.
+            print(f"dashboard at {launcher.api_url}/   (open it in a browser)")
                 print(
                     f"note     the API listens on {settings.api_host} only: other machines "
                     "cannot reach it; set API_HOST=0.0.0.0 (or this machine's address)"
