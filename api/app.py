@@ -11,6 +11,8 @@ from api import dashboard
 from api.auth import install_auth
 from api.context import ApiContext
 from api.errors import install_error_handlers
+from api.metrics import blueprint as metrics_blueprint
+from api.metrics_http import install_request_metrics
 from api.openapi import document as openapi_document
 from api.openapi import spec
 from api.routes import batch, catalog, delay, experiments, health, jobs, me, pools, scaling
@@ -42,7 +44,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     for module in (batch, jobs, catalog, pools, scaling, health, delay, experiments, me, dashboard):
         app.register_blueprint(module.blueprint)
+    # GET /metrics: Prometheus's format, behind a scope of its own (api/metrics.py).
+    app.register_blueprint(metrics_blueprint)
     install_error_handlers(app)
+    # Before auth: a refused request is counted too.
+    install_request_metrics(app)
     install_auth(app)
     spec.register(app)
 

@@ -3,7 +3,8 @@
 Keys are configured as SHA-256 hashes (JOBRUNNER_API_KEYS=NAME:SCOPES:HEX,...), so the
 environment never holds a usable secret; the presented key is hashed and compared with
 every configured hash in constant time. Scopes: `read` (GET), `submit` (create and
-retry jobs), `admin` (cancel, experiments). Without keys nobody gets in, unless the
+retry jobs), `admin` (cancel, experiments), `metrics` (GET /metrics, and nothing else: the
+key Prometheus holds). Without keys nobody gets in, unless the
 operator sets JOBRUNNER_AUTH=off explicitly, which is logged as a warning.
 """
 
@@ -25,7 +26,7 @@ from services.core.redis_clients import storage_refusal
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("read", "submit", "admin")
+SCOPES = ("read", "submit", "admin", "metrics")
 
 # Endpoints anyone may call: probes, the API's description, and the lab's delay target
 # (workers call it from http_get jobs, without credentials).
@@ -37,7 +38,9 @@ PUBLIC_ENDPOINTS = frozenset(
 PUBLIC_BLUEPRINTS = frozenset({"dashboard"})
 # Where the method alone does not say it: cancelling is an operator's act, and so is
 # starting an experiment, which occupies every pool.
-SCOPE_OVERRIDES = {"jobs.cancel_job": "admin"}
+# Prometheus's scrape has a scope of its own: its key, stored in Prometheus's
+# configuration, can read no job, and a job reader's key no metrics.
+SCOPE_OVERRIDES = {"jobs.cancel_job": "admin", "metrics.metrics": "metrics"}
 ADMIN_BLUEPRINTS = frozenset({"experiments"})
 
 

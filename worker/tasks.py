@@ -25,6 +25,7 @@ from celery.signals import celeryd_after_setup, task_failure, task_received, wor
 from gevent import monkey as gevent_monkey
 
 from services.broker.celery_app import RUN_JOB_TASK, get_celery
+from services.broker.messages import kwargs_shown
 from services.catalog.registry import ResultNotJson, Workload, json_result
 from services.catalog.workloads import CATALOG, FINGERPRINT
 from services.core.redis_clients import redis_client
@@ -180,6 +181,7 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
             count_attempt=True,
             return_record=True,
             lease_seconds=leases.lease_seconds,  # from Redis's clock, not this host's
+            redelivered=redelivered,  # counted for Prometheus, once the run holds the job
         )
     )
     if claimed is None:
@@ -193,6 +195,8 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
             kwargs={"takeover": True},
             countdown=leases.lease_seconds / 2,
             max_retries=None,
+            # What monitors show (the workload), as the message it replaces showed it.
+            kwargsrepr=getattr(self.request, "kwargsrepr", None),
         )
     if not claimed.moved:
         # Cancelled while queued, or finished by an earlier delivery: never run twice.
@@ -246,7 +250,9 @@ def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
                 log_refused(record, retried)
                 return
             # A new message for the same job; this delivery is acknowledged.
-            raise self.retry(countdown=delay, max_retries=None) from exc
+            raise self.retry(
+                countdown=delay, max_retries=None, kwargsrepr=kwargs_shown(record.workload)
+            ) from exc
         final = JobState.failed
         fields: dict[str, Any] = {**common, "error": error}
     else:

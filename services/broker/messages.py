@@ -15,6 +15,10 @@ straight to the queue's list, as kombu's own `_put` would put it.
 tests/integration/test_messages.py checks that a copy is what `send_task` itself would
 have pushed, delivery tag aside, so a Celery or kombu upgrade that changes the message
 format fails a test rather than the workers.
+
+A message names the job's workload in its `kwargsrepr` header, which Celery shows monitors
+(Flower, its logs) in place of the arguments: the worker reads the workload from the job's
+record, yet a task list then says what each job runs. A template per workload too, then.
 """
 
 from __future__ import annotations
@@ -73,9 +77,19 @@ class MessageTemplate:
         return "".join(fill[piece] if i % 2 else piece for i, piece in enumerate(pieces))
 
 
-def build_template(celery: Celery, queue: str, time_limit: int | None) -> MessageTemplate:
+def kwargs_shown(workload: str, kwargs: dict[str, object] | None = None) -> str:
+    """What monitors show as a run_job message's keyword arguments (its kwargsrepr): its
+    own, and the workload of its job. Shown only, never read back."""
+    return repr({**(kwargs or {}), "workload": workload})
+
+
+def build_template(
+    celery: Celery, queue: str, time_limit: int | None, workload: str | None = None
+) -> MessageTemplate:
     """Let Celery and kombu publish one run_job message, and keep it instead of sending it."""
-    options = {"time_limit": time_limit} if time_limit is not None else {}
+    options: dict[str, object] = {"time_limit": time_limit} if time_limit is not None else {}
+    if workload is not None:
+        options["kwargsrepr"] = kwargs_shown(workload)
     with celery.producer_or_acquire() as producer, producer.channel.collecting() as collected:
         celery.send_task(
             RUN_JOB_TASK, args=[TEMPLATE_ID], task_id=TEMPLATE_ID, queue=queue,
@@ -95,20 +109,25 @@ def build_template(celery: Celery, queue: str, time_limit: int | None) -> Messag
 
 
 class MessageFactory:
-    """Templates per (queue, time limit), built on first use and kept for the process."""
+    """Templates per (queue, time limit, workload), built on first use and kept for the
+    process."""
 
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
-        self._templates: dict[tuple[str, int | None], MessageTemplate] = {}
+        self._templates: dict[tuple[str, int | None, str | None], MessageTemplate] = {}
         self._lock = threading.Lock()
 
-    def message(self, job_id: str, queue: str, time_limit: int | None) -> tuple[str, str]:
-        """(Redis list, payload) of the message that makes a worker run `job_id`."""
-        template = self._templates.get((queue, time_limit))
+    def message(
+        self, job_id: str, queue: str, time_limit: int | None, workload: str | None = None
+    ) -> tuple[str, str]:
+        """(Redis list, payload) of the message that makes a worker run `job_id`, a job of
+        `workload` (shown to monitors)."""
+        which = (queue, time_limit, workload)
+        template = self._templates.get(which)
         if template is None:
             with self._lock:
-                template = self._templates.get((queue, time_limit))
+                template = self._templates.get(which)
                 if template is None:
-                    template = build_template(self.celery, queue, time_limit)
-                    self._templates[(queue, time_limit)] = template
+                    template = build_template(self.celery, queue, time_limit, workload)
+                    self._templates[which] = template
         return template.key, template.stamp(job_id)

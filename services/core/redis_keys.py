@@ -55,3 +55,10 @@ def counters() -> str:
     longer held their job (a worker cut off past its lease, whose late outcome was
     refused)."""
     return f"{PREFIX}:counters"
+
+
+def metrics() -> str:
+    """Hash of what Prometheus reads of every job (outcomes, run and wait histograms,
+    retries, redeliveries, fenced writes), counted by the script that records each move
+    (services/jobs/job_metrics.py)."""
+    return f"{PREFIX}:metrics"

@@ -17,11 +17,12 @@ COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 
 
 def compose_commands(path: Path = COMPOSE_FILE) -> dict[str, list[str]]:
-    """Each app service's command (every service but Redis), as argv for this Python."""
+    """Each app service's command (every service built from this project, so not Redis,
+    Prometheus or Grafana), as argv for this Python."""
     services = yaml.safe_load(path.read_text())["services"]
     commands = {}
     for name, service in services.items():
-        if name == "redis":
+        if "build" not in service:
             continue
         argv = shlex.split(service["command"])
         if argv[0] == "python":

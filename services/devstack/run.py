@@ -120,7 +120,9 @@ def ensure_api_key(settings: Settings, overrides: dict[str, str], key_file: Path
         key = new_key()
         key_file.touch(mode=0o600)
         key_file.write_text(key + "\n")
-    overrides["JOBRUNNER_API_KEYS"] = f"local:read+submit+admin:{hash_key(key)}"
+    # With `metrics` too: a local Prometheus scrapes with this same key
+    # (deploy/prometheus/prometheus.local.yml reads .run/api-key).
+    overrides["JOBRUNNER_API_KEYS"] = f"local:read+submit+admin+metrics:{hash_key(key)}"
     return f"API key   {key}   (saved in {key_file}; send it as 'Authorization: Bearer <key>')"
 
 
@@ -189,9 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         if launcher.api is not None:
             # The address other hosts reach it on when it listens on all of them.
             print(f"\njobrunner is up at {launcher.api_url}   (Ctrl-C stops everything)")
+            print(f"dashboard at {launcher.api_url}/   (open it in a browser)")
             if args.role == "api" and settings.api_host.startswith("127."):
                 # A cluster's API that only this machine can reach is a common first slip.
-            print(f"dashboard at {launcher.api_url}/   (open it in a browser)")
                 print(
                     f"note     the API listens on {settings.api_host} only: other machines "
                     "cannot reach it; set API_HOST=0.0.0.0 (or this machine's address)"

@@ -20,6 +20,7 @@ import redis
 from services.core import redis_keys
 from services.core.vocabulary import JobState
 from services.jobs.group_commit import ScriptRunner, direct
+from services.jobs.job_metrics import lua_buckets
 from services.jobs.record import (
     CREATABLE_FIELDS,
     JobRecord,
@@ -31,8 +32,9 @@ from services.jobs.record import (
 )
 
 _SCRIPTS = resources.files(__package__)
-# Moves a job between states, checking where it may come from (transition.lua).
-TRANSITION_SCRIPT = _SCRIPTS.joinpath("transition.lua").read_text()
+# Moves a job between states, checking where it may come from, and counts the move for
+# Prometheus (transition.lua, after the bounds of its histograms: job_metrics.py).
+TRANSITION_SCRIPT = lua_buckets() + _SCRIPTS.joinpath("transition.lua").read_text()
 # Stores new records, indexes them and pushes their messages in one go (create.lua).
 CREATE_SCRIPT = _SCRIPTS.joinpath("create.lua").read_text()
 # Renews the leases a worker holds, only for the runs that still hold them (renew.lua).
@@ -142,6 +144,7 @@ class JobStore:
         fence: int | None = None,
         lease_seconds: float | None = None,
         dispatch_in: float | None = None,
+        redelivered: bool = False,
     ) -> Transition | None:
         """Move a job to `to` if its state is in `allowed_from`; with `refresh_ttl`, the
         record is kept for the store's TTL from now (a job queued again).
@@ -149,7 +152,8 @@ class JobStore:
         `fence` is the attempt number of the run that writes (its claim's): the write is
         refused, and counted, once another attempt holds the job (transition.lua).
         `lease_seconds` sets the lease from Redis's clock, `dispatch_in` sets
-        dispatched_at that far ahead of it (a retry's message, due then).
+        dispatched_at that far ahead of it (a retry's message, due then). `redelivered`:
+        the claiming run's message was delivered again (counted for Prometheus).
 
         None when the record does not exist.
         """
@@ -159,6 +163,7 @@ class JobStore:
             + ("e" if refresh_ttl else "")
             + ("l" if lease_seconds is not None else "")
             + ("d" if dispatch_in is not None else "")
+            + ("v" if redelivered else "")
         )
         seconds = lease_seconds if lease_seconds is not None else dispatch_in
         args: list[Any] = [
@@ -167,7 +172,10 @@ class JobStore:
         ]  # fmt: skip
         for name, value in (fields or {}).items():
             args.extend([name, field_value(name, value)])
-        keys = [redis_keys.job(job_id), redis_keys.job_index("state", ""), redis_keys.counters()]
+        keys = [
+            redis_keys.job(job_id), redis_keys.job_index("state", ""), redis_keys.counters(),
+            redis_keys.metrics(),
+        ]  # fmt: skip
         answer = self._run_script(self._transition, keys, args)
         if answer is None:
             return None

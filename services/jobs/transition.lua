@@ -15,6 +15,10 @@
 -- KEYS[1]    the job's hash (redis_keys.job(id))
 -- KEYS[2]    the prefix of the per-state indexes (redis_keys.job_index("state", ""))
 -- KEYS[3]    the counters hash (redis_keys.counters()), for refused writes
+-- KEYS[4]    the metrics hash (redis_keys.metrics()): what Prometheus reads of every job,
+--            counted here, in the script that records the move, so a move is counted
+--            once and costs no round trip of its own (services/jobs/job_metrics.py
+--            names the fields; BUCKETS, the histograms' bounds, is set before this text)
 -- ARGV[1]    the states it may move from, comma separated
 -- ARGV[2]    the job id, as the indexes hold it
 -- ARGV[3]    the state it moves to
@@ -22,7 +26,7 @@
 --            the move (saves the worker a round trip); 'e' start the record's TTL again,
 --            so a job sent once more (a retry) cannot expire before it runs; 'l' set
 --            lease_until to now + ARGV[5]; 'd' set dispatched_at to now + ARGV[5];
---            '-' none
+--            'v' the run starts from a message delivered again (counted); '-' none
 -- ARGV[5]    seconds, for 'l' and 'd'
 -- ARGV[6]    the TTL in seconds, for 'e'
 -- ARGV[7]    the fence: the attempt number the writing run holds, or '' for a write
@@ -38,17 +42,45 @@ if string.find(ARGV[4], 'r') then
   local raw = redis.call('HGETALL', KEYS[1])
   for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
 else
-  local got = redis.call('HMGET', KEYS[1], 'state', 'score', 'lease_until', 'attempts')
-  rec = {state = got[1], score = got[2], lease_until = got[3], attempts = got[4]}
+  local got = redis.call(
+    'HMGET', KEYS[1], 'state', 'score', 'lease_until', 'attempts', 'started_at', 'spec')
+  rec = {state = got[1], score = got[2], lease_until = got[3], attempts = got[4],
+         started_at = got[5], spec = got[6]}
 end
 local state = rec['state']
 if not state then return false end
+
+-- Metrics: the labels (pool, workload) are the spec's, decoded only when a move counts.
+local labels
+local function count(kind, middle, by)
+  if not labels then
+    local ok, spec = pcall(cjson.decode, rec['spec'] or '')
+    local pool, workload = 'unknown', 'unknown'
+    if ok and type(spec) == 'table' then
+      pool, workload = tostring(spec['pool'] or pool), tostring(spec['workload'] or workload)
+    end
+    labels = {pool .. '|', workload}
+  end
+  redis.call('HINCRBY', KEYS[4], kind .. '|' .. labels[1] .. middle .. labels[2], by)
+end
+-- A duration into its histogram: one field for its bucket, one for the sum (`total`).
+local function observe(kind, middle, total, seconds)
+  if seconds < 0 then seconds = 0 end
+  local bucket = #BUCKETS + 1
+  for i = 1, #BUCKETS do
+    if seconds <= BUCKETS[i] then bucket = i; break end
+  end
+  count(kind, middle .. bucket .. '|', 1)
+  count(total, '', math.floor(seconds * 1000000 + 0.5))
+end
+
 local fence = ARGV[7]
 if fence ~= '' and (rec['attempts'] or '0') ~= fence then
   -- A run that no longer holds the job (another attempt took it over): its outcome, or
   -- its retry, is late.
   redis.call('HINCRBY', KEYS[1], 'refused_writes', 1)
   redis.call('HINCRBY', KEYS[3], 'refused_writes', 1)
+  count('fenced', '', 1)
   return {0, state, 1}
 end
 local allowed = false
@@ -64,8 +96,10 @@ local function now()
   return tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 end
 local id, new_state = ARGV[2], ARGV[3]
+-- A job's first claim: its wait since submission goes into the queue-wait histogram.
+local first_run = string.find(ARGV[4], 'a') ~= nil and (rec['attempts'] or '0') == '0'
 local needs_clock = (state == 'running' and new_state == 'running')
-  or string.find(ARGV[4], '[ld]') ~= nil
+  or string.find(ARGV[4], '[ld]') ~= nil or first_run
 local clock = needs_clock and now() or 0
 if state == 'running' and new_state == 'running' then
   -- Taking over a running job: only once the worker running it stopped renewing its lease.
@@ -87,6 +121,28 @@ if string.find(ARGV[4], 'e') then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
 if state ~= new_state then
   redis.call('ZREM', KEYS[2] .. state, id)
   redis.call('ZADD', KEYS[2] .. new_state, rec['score'], id)
+end
+
+-- What the move means for the metrics.
+if first_run then
+  -- The index score is the submission time, in microseconds (on the API's host).
+  observe('wait', '', 'wait_us', clock - tonumber(rec['score']) / 1000000)
+end
+if string.find(ARGV[4], 'v') and new_state == 'running' then count('redelivered', '', 1) end
+if state == 'running' and new_state == 'queued' then count('retried', '', 1) end
+if state ~= new_state
+  and (new_state == 'succeeded' or new_state == 'failed' or new_state == 'cancelled') then
+  -- The run time, when the outcome says when it finished: both times are the worker's.
+  local finished
+  for i = 8, #ARGV - 1, 2 do
+    if ARGV[i] == 'finished_at' then finished = tonumber(ARGV[i + 1]) end
+  end
+  local started = tonumber(rec['started_at'] or '')
+  if finished and started then
+    observe('outcome', new_state .. '|', 'run_us', finished - started)
+  else
+    count('outcome', new_state .. '|0|', 1)
+  end
 end
 if string.find(ARGV[4], 'r') then
   for i = 1, #sets, 2 do rec[sets[i]] = sets[i + 1] end
