@@ -95,6 +95,15 @@ def test_a_client_generated_from_the_document_has_plain_names_and_works(
     )
 
 
+def test_spectree_serves_the_same_plain_document(stack: Stack) -> None:
+    """/apidoc/openapi.json (spectree's own path, read by its pages) is no second,
+    hash-named document."""
+    ours = stack.http.get(f"{stack.url}/openapi.json", timeout=10).json()
+    spectrees = stack.http.get(f"{stack.url}/apidoc/openapi.json", timeout=10)
+    assert spectrees.status_code == 200, spectrees.text
+    assert spectrees.json() == ours
+
+
 def schema_ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
