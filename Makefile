@@ -12,12 +12,14 @@ SCALE  ?=
 ROLE   ?=
 POOLS  ?=
 
-.PHONY: install run cluster test lint format bench clean
+.PHONY: install run cluster test lint format bench lock audit clean
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every dependency at the version the tests ran with (make lock
+# writes it); installing under it gives a fresh machine those versions.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -50,8 +52,20 @@ format: $(STAMP)
 
 # ARGS=--quick for a shorter run. wrk (Debian: apt-get install -y wrk) drives the HTTP load.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
 	$(PY) -m bench.side_by_side $(ARGS)
+
+# After changing a dependency in pyproject.toml: resolve every extra again, then install.
+lock: $(STAMP)
+	$(PY) -m pip install --quiet 'pip-tools>=7.4'
+	$(VENV)/bin/pip-compile --quiet --all-extras --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
+
+# Known vulnerabilities in the locked versions (pip-audit asks PyPI's JSON API per version).
+audit: $(STAMP)
+	$(PY) -m pip install --quiet 'pip-audit>=2.7'
+	$(VENV)/bin/pip-audit --strict --no-deps --disable-pip --progress-spinner off -r requirements.lock
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache
