@@ -12,7 +12,7 @@ SCALE  ?=
 ROLE   ?=
 POOLS  ?=
 
-.PHONY: install run cluster test lint format bench lock audit clean
+.PHONY: install run cluster test lint format bench chaos lock audit clean
 
 # requirements.lock pins every dependency at the version the tests ran with (make lock
 # writes it); installing under it gives a fresh machine those versions.
@@ -54,6 +54,14 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
 	$(PY) -m bench.side_by_side $(ARGS)
+
+# A chaos soak (docs/chaos.md): jobs of every pool at a steady rate while workers, a
+# prefork pool process, the API and Redis are killed at random, then the invariants; exit
+# status 1 if one fails. DURATION seconds, SEED; ARGS=--cluster on the multi-host test bed.
+DURATION ?= 300
+SEED     ?= 1
+chaos: $(STAMP)
+	$(PY) -m services.devstack.chaos --duration $(DURATION) --seed $(SEED) $(ARGS)
 
 # After changing a dependency in pyproject.toml: resolve every extra again, then install.
 lock: $(STAMP)
