@@ -29,8 +29,28 @@ def on_starting(server: Any) -> None:
             if name.endswith(".db"):
                 os.remove(os.path.join(chosen, name))
         return
-    _own_folder = tempfile.mkdtemp(prefix="jobrunner-api-metrics-")
+    remove_folders_of_dead_masters()
+    _own_folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
     os.environ[MULTIPROC_VARIABLE] = _own_folder
+
+
+FOLDER_PREFIX = "jobrunner-api-metrics-"
+
+
+def remove_folders_of_dead_masters() -> None:
+    """A master killed outright (kill -9, OOM) never runs on_exit, so its folder stays:
+    the next master removes those whose master (the pid in the name) is gone."""
+    temp = tempfile.gettempdir()
+    for name in os.listdir(temp):
+        owner = name.removeprefix(FOLDER_PREFIX).split("-")[0]
+        if not (name.startswith(FOLDER_PREFIX) and owner.isdigit()):
+            continue
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(temp, name), ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 # prctl(2) option: the signal the kernel sends a process when its parent dies.
