@@ -12,7 +12,7 @@ SCALE  ?=
 ROLE   ?=
 POOLS  ?=
 
-.PHONY: install run cluster test lint format bench chaos lock audit clean
+.PHONY: install run cluster test lint format bench chaos mutate lock audit clean
 
 # requirements.lock pins every dependency at the version the tests ran with (make lock
 # writes it); installing under it gives a fresh machine those versions.
@@ -40,6 +40,13 @@ test: $(STAMP)
 	# compare timings with what the machine gives, alone.
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not timed" --durations=30
 	$(PY) -m pytest -q -m timed --durations=10
+	# A few promised mechanisms broken on purpose, in a copy: a named test must catch each.
+	$(PY) -m tests.mutations --fast --no-baseline
+
+# Every promised mechanism broken on purpose, in a copy of the project: each must fail a
+# named test (tests/mutations/, docs/guarantees.md). ARGS="--only ID", ARGS=--fast.
+mutate: $(STAMP)
+	$(PY) -m tests.mutations $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

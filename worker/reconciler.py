@@ -3,6 +3,10 @@
 A Redis lock lets one worker in the whole cluster sweep per interval, so adding workers
 adds no load. The interval follows the visibility timeout: a lost message is noticed
 after about as long as Celery itself takes to notice a lost worker.
+
+With JOB_RECONCILER=off a worker does not sweep at all (nor take the lock from one that
+does): what a test that proves Celery's own redelivery alone needs, since the sweep would
+recover a lost job whatever Celery did, about two visibility timeouts later.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ def sweep_forever(stop: threading.Event) -> None:
 
 @worker_ready.connect
 def _start(**_: Any) -> None:
+    if get_settings().job_reconciler == "off":
+        log.warning("JOB_RECONCILER=off: this worker re-sends no lost job")
+        return
     thread = threading.Thread(
         target=sweep_forever, args=(threading.Event(),), name="reconcile", daemon=True
     )

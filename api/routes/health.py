@@ -26,9 +26,12 @@ def healthz() -> Response:
     skip_validation=True,
 )
 def readyz() -> Response:
-    """Redis answers; 503 otherwise."""
+    """Redis answers; 503 with Retry-After otherwise, like every other answer while Redis
+    is away (a load balancer or client polling readiness knows when to look again)."""
     try:
         api_context().store.redis.ping()
     except redis.RedisError:
-        raise Problem(503, "Service Unavailable", "Redis is not reachable") from None
+        raise Problem(
+            503, "Service Unavailable", "Redis is not reachable", headers={"Retry-After": "1"}
+        ) from None
     return Response(Health(status="ready").model_dump_json(), mimetype="application/json")

@@ -168,14 +168,13 @@ def test_pools_lists_live_workers_and_capabilities(stack: Stack) -> None:
         for worker in pool["workers"]:
             assert worker["node"] in started and worker["node"].startswith(f"{name}-")
             assert worker["concurrency"] == started[worker["node"]]
-        profile = POOLS[name]
-        assert pool["capabilities"] == {
-            "hard_time_limit": profile.hard_time_limit,
-            "terminate_running": profile.terminate_running,
-            "memory_isolation": profile.memory_isolation,
-        }
-    assert pools["prefork"]["capabilities"] == dict.fromkeys(pools["prefork"]["capabilities"], True)
-    assert not any(pools["gevent"]["capabilities"].values())
+    # What each pool can enforce, stated here rather than read from the table the endpoint
+    # itself serves: only a process of its own can be killed, or frees its memory.
+    processes_only = {"prefork": True, "threads": False, "gevent": False}
+    for name, can in processes_only.items():
+        assert pools[name]["capabilities"] == {
+            "hard_time_limit": can, "terminate_running": can, "memory_isolation": can,
+        }, name  # fmt: skip
 
 
 def test_workloads_are_listed_with_kind_and_schema(stack: Stack) -> None:
@@ -205,7 +204,9 @@ def test_lab_delay_answers_after_the_delay_asked(stack: Stack) -> None:
     started = time.monotonic()
     answer = stack.http.get(f"{stack.url}/lab/delay?ms=300", timeout=10)
     assert answer.status_code == 200 and answer.json() == {"waited_ms": 300}
-    assert time.monotonic() - started >= 0.3  # never sooner: http_get jobs wait on it
+    # The promise is itself in milliseconds: never sooner than asked (http_get jobs wait
+    # on it). A lower bound, which no busy machine can break.
+    assert time.monotonic() - started >= 0.3
 
 
 def test_a_cancelled_running_prefork_job_can_be_retried_and_finishes(stack: Stack) -> None:
