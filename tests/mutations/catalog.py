@@ -530,14 +530,30 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     # -- A cut network is noticed in seconds ---------------------------------------------
     Mutation(
-        "no-socket-timeout",
+        "no-redis-timeouts",
         "A cut network is noticed in seconds",
-        "Redis clients wait for a reply as long as TCP does (no socket timeout)",
+        "Redis clients wait for a connection and a reply as long as TCP does",
         (
             Edit(
                 "services/core/redis_clients.py",
                 '"socket_timeout": timeout or settings.redis_socket_timeout,',
                 '"socket_timeout": None,',
+            ),
+            Edit(
+                "services/core/redis_clients.py",
+                '"socket_connect_timeout": connect_timeout or settings.redis_connect_timeout,',
+                '"socket_connect_timeout": None,',
+            ),
+            # The broker's connections too: a submission's message goes through kombu.
+            Edit(
+                "services/broker/celery_app.py",
+                '"socket_timeout": settings.redis_socket_timeout,',
+                '"socket_timeout": None,',
+            ),
+            Edit(
+                "services/broker/celery_app.py",
+                '"socket_connect_timeout": settings.redis_connect_timeout,',
+                '"socket_connect_timeout": None,',
             ),
         ),
         (
