@@ -44,14 +44,7 @@ TEST_CONCURRENCY = {"threads": 8, "prefork": 2, "gevent": 50}
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("stack"))
-    try:
-        stack.start_redis()
-        stack.start_api()
-        for pool, concurrency in TEST_CONCURRENCY.items():
-            stack.start_worker(pool, concurrency)
-        stack.start_worker("experiments")
-        stack.wait_ready()
+    with Stack(tmp_path_factory.mktemp("stack")).running(
+        [*TEST_CONCURRENCY.items(), ("experiments", None)]
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()

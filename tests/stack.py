@@ -8,9 +8,10 @@ directly only to check what is stored.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -113,6 +114,21 @@ class Stack(Launcher, JobsApi):
 
     def start_api(self, host: str | None = None, port: int | None = None) -> ManagedProcess:
         return super().start_api(host or "127.0.0.1", port or self.api_port)
+
+    @contextlib.contextmanager
+    def running(self, workers: Iterable[tuple[str, int | None]] = ()) -> Iterator[Stack]:
+        """Redis, the API and `workers` (pool, concurrency; a pool named twice gets two
+        workers) started and answering; every process stopped on leaving, whatever
+        happened. A test module's fixture: `with Stack(...).running(...) as stack:`."""
+        try:
+            self.start_redis()
+            self.start_api()
+            for pool, concurrency in workers:
+                self.start_worker(pool, concurrency)
+            self.wait_ready()
+            yield self
+        finally:
+            self.stop()
 
     def restart_dead_workers(self) -> list[ManagedProcess]:
         """What compose's restart policy and the local runner do for a worker that exited

@@ -25,17 +25,10 @@ CONCURRENCY = {"threads": 4, "prefork": 1, "gevent": 20}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("dashboard"))
-    try:
-        stack.start_redis()
-        stack.start_api()
-        for pool, concurrency in CONCURRENCY.items():
-            stack.start_worker(pool, concurrency)
-        stack.start_worker("experiments")
-        stack.wait_ready()
+    with Stack(tmp_path_factory.mktemp("dashboard")).running(
+        [*CONCURRENCY.items(), ("experiments", None)]
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -55,23 +55,15 @@ def obs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     scope beside the test keys, and a visibility timeout of a few seconds (a lost
     worker's job comes back soon)."""
     keys = f"{api_keys_setting()},prometheus:metrics:{hash_key(METRICS_KEY)}"
-    stack = Stack(
+    with Stack(
         tmp_path_factory.mktemp("observability"),
         {
             "JOBRUNNER_API_KEYS": keys, "JOB_TASK_EVENTS": "on",
             "JOB_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
             "JOB_MAX_TIME_LIMIT": str(VISIBILITY_TIMEOUT - 1),
         },
-    )  # fmt: skip
-    try:
-        stack.start_redis()
-        stack.start_api()
-        for pool, concurrency in CONCURRENCY.items():
-            stack.start_worker(pool, concurrency)
-        stack.wait_ready()
+    ).running([*CONCURRENCY.items()]) as stack:  # fmt: skip
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

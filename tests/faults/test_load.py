@@ -27,7 +27,7 @@ CLIENTS = 50
 
 @pytest.fixture(scope="module")
 def load_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(
+    with Stack(
         tmp_path_factory.mktemp("load"),
         env_overrides={
             "JOB_VISIBILITY_TIMEOUT": "3",
@@ -35,17 +35,8 @@ def load_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "API_RATE_LIMIT": "0",
             "API_WORKERS": "2",
         },
-    )
-    try:
-        stack.start_redis()
-        stack.start_api()
-        stack.start_worker("threads", 16)
-        stack.start_worker("threads", 16)
-        stack.start_worker("gevent", 100)
-        stack.wait_ready()
+    ).running([("threads", 16), ("threads", 16), ("gevent", 100)]) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @dataclass

@@ -35,7 +35,7 @@ CONCURRENCY = {"threads": 4, "prefork": 1, "gevent": 10}
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(
+    with Stack(
         tmp_path_factory.mktemp("faults"),
         env_overrides={
             "JOB_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
@@ -46,17 +46,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "API_RATE_LIMIT": "0",
             "JOB_RECONCILER": "off",
         },
-    )
-    try:
-        stack.start_redis()
-        stack.start_api()
-        for pool, concurrency in CONCURRENCY.items():
-            stack.start_worker(pool, concurrency)
-            stack.start_worker(pool, concurrency)
-        stack.wait_ready()
+    ).running([*CONCURRENCY.items()] * 2) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

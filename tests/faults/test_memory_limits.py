@@ -19,22 +19,14 @@ TASKS_PER_CHILD = 3
 
 @pytest.fixture(scope="module")
 def memory_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(
+    with Stack(
         tmp_path_factory.mktemp("memory"),
         env_overrides={
             "WORKER_MEMORY_LIMIT_PREFORK": str(LIMIT_MIB),
             "WORKER_MAX_TASKS_PER_CHILD_PREFORK": str(TASKS_PER_CHILD),
         },
-    )
-    try:
-        stack.start_redis()
-        stack.start_api()
-        stack.start_worker("prefork", 1)
-        stack.start_worker("threads", 2)
-        stack.wait_ready()
+    ).running([("prefork", 1), ("threads", 2)]) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def run(stack: Stack, workload: str, params: dict, pool: str) -> dict:

@@ -23,16 +23,10 @@ from tests.stack import Stack
 
 @pytest.fixture(scope="module")
 def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("redis-full"))
-    try:
-        stack.start_redis()
-        stack.start_api()
-        stack.start_worker("threads", 2)
-        stack.start_worker("prefork", 1)
-        stack.wait_ready()
+    with Stack(tmp_path_factory.mktemp("redis-full")).running(
+        [("threads", 2), ("prefork", 1)]
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def fill(client: redis.Redis) -> None:
