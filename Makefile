@@ -57,7 +57,10 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-# ARGS=--quick for a shorter run. wrk (Debian: apt-get install -y wrk) drives the HTTP load.
+# ARGS=--quick for a shorter run; ARGS="--only peers,scale,profile --peers huey,rq" for the
+# steps beside the other job queues alone (their virtual environments are made on first use
+# under ~/.cache/jobrunner-bench, from PyPI). wrk (Debian: apt-get install -y wrk) drives
+# the HTTP load.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
 	$(PY) -m bench.side_by_side $(ARGS)

@@ -1,11 +1,15 @@
-"""Issue 4's whole table: jobrunner against stock Celery and Flower, side by side, one run.
+"""The whole table: jobrunner against stock Celery and Flower (issue 4), and beside Huey,
+Dramatiq, Taskiq, arq and RQ (issue 13), side by side, one run.
 
-One private redis-server serves both sides. For every figure the stock run and the
-jobrunner run alternate (stock first on even repetitions, jobrunner first on odd ones),
-so drift on this shared machine hits both; the table shows medians and jobrunner / stock.
+One private redis-server serves jobrunner and issue 4's stock Celery. For every figure the
+stock run and the jobrunner run alternate (stock first on even repetitions, jobrunner
+first on odd ones), so drift on this shared machine hits both; the table shows medians and
+jobrunner / stock. The peers' steps (bench/peers/) give every library its own Redis and
+its own virtual environment, and rotate the systems' order every repetition.
 
     .venv/bin/python -m bench.side_by_side            # full run
     .venv/bin/python -m bench.side_by_side --quick    # fewer jobs and repetitions
+    .venv/bin/python -m bench.side_by_side --only peers,scale --peers huey,rq
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from bench.figures_http import bench_http_post, bench_latency, bench_listing
 from bench.figures_queue import bench_batch, bench_cpu, bench_pools, bench_sleep
 from bench.figures_rtt import bench_rtt
 from bench.harness import Bench, BenchStack
+from bench.peers import steps as peer_steps
 from bench.report import Row, chart, table
 
 # Each run writes its table here; bench/RESULTS.md is the curated record (tables with
@@ -41,6 +46,9 @@ STEPS: dict[str, Callable[[Bench], None]] = {
     "cpu": bench_cpu,
     "listing": bench_listing,
     "rtt": bench_rtt,
+    # Issue 13: the peers' figures, jobrunner's scale curve, and where its workers' CPU
+    # goes (bench/peers/steps.py).
+    **peer_steps.STEPS,
 }
 
 
@@ -60,7 +68,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer jobs and repetitions")
     parser.add_argument("--only", default="", help=f"comma separated, of: {','.join(STEPS)}")
     parser.add_argument("--results", type=Path, default=RESULTS, help="markdown table goes here")
+    parser.add_argument(
+        "--peers", default="", help="comma separated peers for the peers' steps (default: all)"
+    )
     args = parser.parse_args()
+    peer_steps.choose(args.peers)
     workdir = Path(tempfile.mkdtemp(prefix="jobrunner-bench-"))
     # No per-key rate limit: the bench measures the API, not the limiter's refusals.
     stack = BenchStack(workdir)
@@ -88,6 +100,7 @@ def main() -> None:
         stack.stop()
     command = ".venv/bin/python -m bench.side_by_side" + (" --quick" if args.quick else "")
     command += f" --only {args.only}" if args.only else ""
+    command += f" --peers {args.peers}" if args.peers else ""
     report = table(b.rows)
     print(report)
     minutes = (time.monotonic() - started) / 60
@@ -95,11 +108,18 @@ def main() -> None:
     picture = f"\n![jobrunner / stock against each target]({drawn.name})\n" if drawn else ""
     args.results.write_text(
         f"# Side-by-side benchmark\n\nCommand: `{command}` ({minutes:.1f} min). "
-        f"Machine: {about}. Load average (1 min) at start: {load:.2f}; the 2 cores are "
+        f"Machine: {about}. Load average (1 min) at start: {load:.2f}, at the end: "
+        f"{os.getloadavg()[0]:.2f}; the 2 cores are "
         "shared with other sessions running tests, so single runs move by 10-30 %: the "
-        "table shows medians of alternating repetitions.\n\n" + report + "\n" + picture
+        "table shows medians of alternating repetitions.\n\n"
+        + report
+        + "\n"
+        + picture
+        + "".join(f"\n{section}\n" for section in peer_steps.SESSION.sections)
     )
     print(f"table: {args.results}" + (f", chart: {drawn}" if drawn else ""))
+    if peer_steps.SESSION.drawn:
+        print(f"scale curve: {peer_steps.SESSION.drawn}")
 
 
 if __name__ == "__main__":

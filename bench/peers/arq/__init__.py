@@ -1,0 +1,1 @@
+"""arq: one asyncio worker process (`arq.worker.run_worker`), Redis for queue and results."""
