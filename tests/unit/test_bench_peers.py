@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,8 @@ from bench.peers.figures import (
 )
 from bench.peers.runner import MARK, Sample, System, parse_event, sample_from, tree_cpu_seconds
 from bench.report import table
-from services.devstack.redis_server import RedisServer
 
 # -- the producers' side (bench/peers/driver.py) ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), fsync="no").start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 class SelfServingProducer:

@@ -4,7 +4,6 @@ per-pool rows send both sides the same way, one job a call or each side's bulk p
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from services.broker.celery_app import make_celery
 from services.catalog.pools import POOLS
 from services.core.redis_clients import redis_client
 from services.core.settings import Settings
-from services.devstack.redis_server import RedisServer
 from services.jobs.store import JobStore
 from services.jobs.submission import JobSpec
 
@@ -81,15 +79,6 @@ def test_each_enqueue_path_has_a_row_and_the_mixed_row_pairs_the_old_sides() -> 
 
 # Half a bulk call past a whole one: the last call carries what is left.
 N = 1_500
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), fsync="no").start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def test_jobrunner_one_by_one_is_a_script_a_job_and_bulk_one_a_thousand(redis_url: str) -> None:
