@@ -192,6 +192,20 @@ class Settings(BaseSettings):
         # Celery takes `info` as well as `INFO`.
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _sentinels_named_whole(cls, value: str) -> str:
+        # A sentinel URL is otherwise first read when a client is built, deep in the
+        # API's or a worker's start: a traceback instead of this one line.
+        from services.core.redis_clients import is_sentinel_url, sentinel_target  # reads us
+
+        if is_sentinel_url(value):
+            try:
+                sentinel_target(value)
+            except ValueError as error:  # names the bad part, never the password
+                raise ValueError(str(error).removeprefix("REDIS_URL: ")) from None
+        return value
+
     @model_validator(mode="after")
     def _time_limits_fit_visibility(self) -> Settings:
         # A job still running when its message becomes visible again would run twice.

@@ -72,3 +72,13 @@ def test_a_value_that_may_be_a_secret_is_not_repeated() -> None:
     [redis_line] = [line for line in said if line.startswith("REDIS_URL")]
     assert "987654321" not in redis_line
     assert any(line.startswith("API_PORT=0:") for line in said), said
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_a_malformed_sentinel_url_is_one_line_without_its_password(
+    entry: str, tmp_path: Path
+) -> None:
+    result = start_with(entry, tmp_path, REDIS_URL="sentinel://:s3cret@h1:26379;sentinel://h2:no")
+    [line] = assert_short_and_plain(result, lines=1)
+    assert line.startswith("invalid setting: REDIS_URL: sentinel://h2… is not a sentinel"), line
+    assert "s3cret" not in result.stderr + result.stdout
