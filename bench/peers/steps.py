@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.peers import profile, scale
+from bench.peers import ceiling, profile, scale
 from bench.peers.figures import (
     BULK,
     CALLS,
@@ -240,4 +240,7 @@ def profile_pool(peers: Peers, pool: str, b: Any) -> str:
     return profile.markdown(title, profile.summarize(stacks), user, kernel)
 
 
-STEPS = {"peers": bench_peers, "scale": bench_scale, "profile": bench_profile}
+STEPS = {
+    "peers": bench_peers, "ceiling": ceiling.bench_ceiling, "scale": bench_scale,
+    "profile": bench_profile,
+}  # fmt: skip
