@@ -85,6 +85,9 @@ class QoS(kombu_redis.QoS):
         with self._acks_lock:
             self._acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)  # frees the prefetch slot now
+        freed = getattr(self.channel.connection, "slot_freed", None)
+        if freed is not None:
+            freed(self)  # a full gevent worker's loop may ask for more now (transport.py)
         if self.channel.closed:
             # Jobs still running when the connection was lost acknowledge on the old
             # channel, whose flusher has stopped: delete now, as stock kombu would.

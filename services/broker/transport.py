@@ -23,7 +23,8 @@ both use it through `broker_transport`.
    about one round trip did not wait for its message, whatever the network's latency. (A
    fixed 2 ms bound, and takes that blocked the loop for a round trip, kept a worker 2 ms
    from Redis at 12 % of its loopback throughput: docs/cluster.md.)
-3. A full gevent worker asks again within FULL_POLL_SECONDS of a job ending, not after
+3. A full gevent worker asks again as soon as a tenth of its slots are free (woken by the
+   acknowledgements), and within FULL_POLL_SECONDS of a job ending in any case, not after
    Celery's 2 s poll (`drain_events`).
 
 What each change measured is in docs/performance.md. A channel can also hand back what it
@@ -39,6 +40,7 @@ failover (docs/high-availability.md).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -290,8 +292,11 @@ def _at_most_every(call: Any, seconds: Any) -> Any:
     return limited
 
 
-# How long a gevent worker's loop waits between looks while every prefetch slot is taken.
+# The longest a full gevent worker's loop waits for free slots before it looks again.
 FULL_POLL_SECONDS = 0.02
+# ... and the share of its slots whose acknowledgements wake it sooner: at once, a take
+# for every freed slot cost 30 % more CPU a job; a tenth keeps each take worth its trip.
+WAKE_AT_FREE_SHARE = 0.1
 
 
 class Transport(kombu_redis.Transport):
@@ -299,6 +304,9 @@ class Transport(kombu_redis.Transport):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Set by an acknowledgement (services/broker/qos.py); a gevent worker patched
+        # `threading` before this was built, so its wait lets the jobs' greenlets run.
+        self._slot_freed = threading.Event()
         # kombu scans for timed-out unacked messages on every empty poll of a loop
         # without a timer (gevent's); with the short polls below that was dozens of scans
         # a second. Once per restore interval is what kombu's timer gives the others.
@@ -310,15 +318,30 @@ class Transport(kombu_redis.Transport):
         intervals = [c.unacked_restore_interval for c in self.channels if c.active_queues]
         return float(min(intervals, default=1))
 
+    def slot_freed(self, qos: Any) -> None:
+        """A message of `qos` was acknowledged: a full worker's loop asks for more now if
+        a tenth of its slots are free."""
+        room = qos.prefetch_count - (len(qos._delivered) - len(qos._dirty))
+        if room >= max(1, int(qos.prefetch_count * WAKE_AT_FREE_SHARE)):
+            self._slot_freed.set()
+
     def drain_events(self, connection: Any, timeout: float | None = None) -> Any:
         # With every prefetch slot taken no BRPOP is outstanding, and nothing wakes the
         # loop of a gevent worker (Celery's synloop) when a job ends: it slept out its
         # 2 s poll before asking for more, so a full worker refilled every 2 s (seen
-        # once the takes above filled 500 slots). While full, it looks again sooner.
+        # once the takes above filled 500 slots). While full, it waits until a tenth of
+        # its slots are free, or FULL_POLL_SECONDS (a 20 ms poll alone left a slot idle
+        # 28 ms a job at 100 sleeps of 0.1 s: docs/performance.md).
         # Workers with an event loop (threads, prefork) acknowledge on that loop, which
         # asks for more right away; they never come here.
         if timeout is not None and self._a_channel_is_full():
-            timeout = min(timeout, FULL_POLL_SECONDS)
+            # Cleared before the second look: an acknowledgement between the two is
+            # not lost, it sets the event again.
+            self._slot_freed.clear()
+            if self._a_channel_is_full():
+                self._slot_freed.wait(min(timeout, FULL_POLL_SECONDS))
+            if self._a_channel_is_full():
+                timeout = 0  # still full: kombu's empty-poll duties, then back here
         return super().drain_events(connection, timeout=timeout)
 
     def _a_channel_is_full(self) -> bool:

@@ -494,8 +494,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "slow-refill-poll",
         "A full gevent worker refills at once",
-        "a full gevent worker looks for a free slot every 0.5 s, not every 20 ms",
+        "a full gevent worker is not woken by acknowledgements, and looks for free slots "
+        "every 0.5 s, not every 20 ms",
         (
+            Edit(
+                "services/broker/transport.py", "        self._slot_freed.set()\n", "        pass\n"
+            ),
             Edit(
                 "services/broker/transport.py",
                 "FULL_POLL_SECONDS = 0.02\n",
