@@ -19,9 +19,8 @@ The pipeline is not a transaction: each script is atomic on its own, as it would
 alone, and an error answers only the write it belongs to. A connection error answers
 every write of the batch, each of which retries as it would alone.
 
-Threads only where threads are real, greenlets where gevent patched them: the lock and
-condition below are `threading`'s, which a gevent worker's monkey-patching makes
-cooperative.
+Threads only where threads are real, greenlets where gevent patched them: the locks below
+are `threading`'s, which a gevent worker's monkey-patching makes cooperative.
 """
 
 from __future__ import annotations
@@ -40,15 +39,30 @@ MAX_BATCH = 200
 MAX_IN_FLIGHT = 4
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(eq=False)
 class _Write:
     script: Any  # a redis-py Script
     keys: list[str]
     args: list[Any]
-    taken: bool = False  # into a batch
-    done: bool = False
     answer: Any = None
     error: BaseException | None = None
+    # Set when this write is to send a batch (its own write first) for the others.
+    batch: list[_Write] | None = None
+    # Released once: when the write is answered, or handed a batch to send. A lock held
+    # from birth is the cheapest one-shot wake there is, for threads and greenlets alike.
+    _wake: threading.Lock = field(default_factory=_held_lock)
+
+    def wait(self) -> None:
+        self._wake.acquire()
+
+    def wake(self) -> None:
+        self._wake.release()
 
 
 @dataclass
@@ -61,44 +75,73 @@ class GroupCommit:
     _queue: list[_Write] = field(default_factory=list)
     _in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _changed: threading.Condition = field(init=False)
     batches: int = 0  # pipelines sent, for tests and the bench
     writes: int = 0  # writes sent in them
-
-    def __post_init__(self) -> None:
-        self._changed = threading.Condition(self._lock)
 
     def run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """`script(keys, args)`'s answer, sent with whatever other writes are waiting."""
         write = _Write(script, keys, args)
-        with self._changed:
-            self._queue.append(write)
-            # Wait while every slot is on its way, unless a batch took (and answers) us.
-            while self._in_flight >= self.max_in_flight and not write.taken:
-                self._changed.wait()
-            leader = not write.taken
-            if leader:
+        with self._lock:
+            if self._in_flight < self.max_in_flight:
                 # Its own write first, then the oldest of those waiting.
-                self._queue.remove(write)
-                batch = [write, *self._queue[: self.max_batch - 1]]
-                self._queue = self._queue[self.max_batch - 1 :]
-                for taken in batch:
-                    taken.taken = True
                 self._in_flight += 1
-        if leader:
+                write.batch = [write, *self._take(self.max_batch - 1)]
+            else:
+                self._queue.append(write)
+        if write.batch is None:
+            # Each waiting write is woken once, by the batch that answered it or to send
+            # the next batch itself. (A condition notified on every answer woke all the
+            # waiting writes each time: a fifth of a gevent worker's CPU at 100 slots.)
             try:
-                self._send(batch)
-            finally:
-                with self._changed:
-                    self._in_flight -= 1
-                    self._changed.notify_all()
-        else:
-            with self._changed:
-                while not write.done:
-                    self._changed.wait()
+                write.wait()
+            except BaseException:  # a killed greenlet, an interrupt: never strand others
+                self._abandon(write)
+                raise
+        if write.batch is not None:
+            self._lead(write.batch)
         if write.error is not None:
             raise write.error
         return write.answer
+
+    def _take(self, count: int) -> list[_Write]:
+        taken, self._queue = self._queue[:count], self._queue[count:]
+        return taken
+
+    def _lead(self, batch: list[_Write]) -> None:
+        """Send `batch` (led by its first write, the caller's), then hand the oldest
+        waiting writes to the first of them as the next batch, and wake the answered."""
+        try:
+            self._send(batch)
+        finally:
+            with self._lock:
+                following = self._take(self.max_batch)
+                if following:
+                    following[0].batch = following  # the slot passes to the next batch
+                else:
+                    self._in_flight -= 1
+            if following:
+                following[0].wake()
+            for answered in batch[1:]:
+                answered.wake()
+
+    def _abandon(self, write: _Write) -> None:
+        """`write`'s caller stopped waiting: it leaves the queue, or hands the batch it
+        was given to send to the next write of it (or of the queue)."""
+        with self._lock:
+            if write in self._queue:
+                self._queue.remove(write)
+                return
+            if write.batch is None:
+                return  # on its way in another write's batch: nothing waits on this one
+            rest = [other for other in write.batch if other is not write]
+            write.batch = None
+            if not rest:
+                rest = self._take(self.max_batch)
+            if not rest:
+                self._in_flight -= 1
+                return
+            rest[0].batch = rest
+        rest[0].wake()
 
     def _send(self, batch: list[_Write]) -> None:
         # EVALSHA by hand: a pipeline given Script objects first asks Redis whether its
@@ -111,7 +154,7 @@ class GroupCommit:
             answers: list[Any] = pipe.execute(raise_on_error=False)
         except BaseException as exc:  # a connection error: every write of the batch has it
             for write in batch:
-                write.error, write.done = exc, True
+                write.error = exc
             if not isinstance(exc, Exception):
                 raise
             return
@@ -128,7 +171,6 @@ class GroupCommit:
                 write.error = answer
             else:
                 write.answer = answer
-            write.done = True
 
 
 def direct(script: Any, keys: list[str], args: list[Any]) -> Any:

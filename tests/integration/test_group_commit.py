@@ -3,6 +3,9 @@ next round trip, each gets its own answer, and nothing waits when nothing else d
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ from services.devstack.delay_proxy import DelayProxy
 from services.devstack.redis_server import RedisServer
 from services.jobs.group_commit import GroupCommit
 
+ROOT = Path(__file__).resolve().parents[2]
 # Answers its key's new value, or fails with Redis's error when ARGV[1] is not a number.
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
@@ -99,3 +103,54 @@ def test_a_script_redis_forgot_is_loaded_again(far_redis: redis.Redis) -> None:
     assert group.run(script, ["gc:flush"], [1]) == 1
     far_redis.script_flush()  # what a Redis restart does to loaded scripts
     assert group.run(script, ["gc:flush"], [1]) == 2
+
+
+# Run under gevent in a process of its own (the test process must stay unpatched):
+# greenlets write through one GroupCommit while some are killed as they wait, at random
+# moments, until a killed one had been handed a batch to send (the case that would strand
+# every write of that batch). Prints what it saw as JSON.
+KILLED_WHILE_WAITING = """
+import json, random, sys
+from gevent import monkey
+monkey.patch_all()
+import gevent, redis
+from services.jobs.group_commit import GroupCommit
+
+class Watched(GroupCommit):
+    handed_over = 0
+    def _abandon(self, write):
+        if write.batch is not None:
+            Watched.handed_over += 1
+        super()._abandon(write)
+
+client = redis.Redis(port=int(sys.argv[1]), decode_responses=True)
+script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+random.seed(7)
+rounds = answered = lost = 0
+while Watched.handed_over == 0 and rounds < 200:
+    rounds += 1
+    group = Watched(client, max_in_flight=1, max_batch=5)
+    greenlets = [gevent.spawn(group.run, script, [f"k:{rounds}:{n}"], [n]) for n in range(40)]
+    gevent.sleep(random.uniform(0, 0.01))
+    victims = random.sample(greenlets, 8)
+    gevent.killall(victims, block=True)
+    survivors = [g for g in greenlets if g not in victims]
+    gevent.joinall(survivors, timeout=10)
+    answered += sum(1 for g in survivors if g.successful())
+    lost += sum(1 for g in survivors if not g.ready())
+    assert group._in_flight == 0 and not group._queue, (group._in_flight, len(group._queue))
+print(json.dumps({"rounds": rounds, "handed_over": Watched.handed_over,
+                  "answered": answered, "lost": lost, "expected": rounds * 32}))
+"""
+
+
+def test_a_killed_greenlet_strands_no_other_write(server: RedisServer) -> None:
+    with DelayProxy(("127.0.0.1", 0), ("127.0.0.1", server.port), delay_ms=1) as proxy:
+        run = subprocess.run(
+            [sys.executable, "-c", KILLED_WHILE_WAITING, str(proxy.address[1])],
+            cwd=ROOT, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["handed_over"] >= 1, seen  # the case under test happened
+    assert seen["lost"] == 0 and seen["answered"] == seen["expected"], seen
