@@ -78,7 +78,12 @@ class LeaseKeeper:
         with self._lock:
             self._held[job_id] = lease
             self._ensure_threads()
-        self._wake.set()  # the watchdog's next deadline may be this one
+        # The watchdog looks again within renew_every in any case: only a lease due before
+        # then (one shorter than about two renewals) needs it woken now. Waking it on
+        # every job cost a prefork pool process a thread switch a job (py-spy: 7 % of its
+        # time on no-op jobs).
+        if self._deadline(lease) < time.monotonic() + self.renew_every:
+            self._wake.set()
         return lease
 
     def release(self, lease: Lease) -> None:
