@@ -1,0 +1,165 @@
+"""One pool, one workload, sent in bulk: how close a worker comes to its ideal, and where
+the rest goes. The tool behind the before/after figures of issue 13's changes
+(bench/RESULTS.md), for a change to a worker's hot path measured in minutes rather than
+with the whole `make bench`.
+
+    .venv/bin/python -m bench.pool_run --pool gevent --concurrency 100 --jobs 2000 \\
+        --workload sleep --reps 3
+    .venv/bin/python -m bench.pool_run --pool threads --concurrency 100 --workload noop
+
+A stack of its own (Redis as compose runs it, the API, one worker logging warnings only
+unless `--loglevel` says otherwise, as the bench runs workers); each repetition sends the
+jobs through `POST /jobs/batch`, waits for the last, and reads every record back. It
+prints, per repetition:
+
+- jobs/s from the first submission to the last finish, and for `sleep` the share of the
+  ideal (concurrency / seconds);
+- the worker's CPU per job (its process tree's user + system seconds over the run);
+- the median time a job's run took beyond the workload itself (the claim, scheduling);
+- the median refill gap: how long a freed slot stayed empty (the n-th job to start after
+  the first `concurrency` took the slot of the n-th to finish).
+
+Printed, never asserted: these machines are shared; compare medians of alternating runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import redis
+
+from bench.harness import BenchStack
+from services.core import redis_keys
+from services.core.redis_clients import redis_client
+from services.devstack.probes import pool_workers_probe
+
+SLEEP_SECONDS = 0.1
+BATCH = 1_000
+
+
+@dataclass
+class PoolRun:
+    jobs_per_second: float
+    share_of_ideal: float | None
+    worker_cpu_ms: float
+    run_overhead_ms: float
+    refill_gap_ms: float
+
+    def line(self) -> str:
+        share = f", {self.share_of_ideal:.0%} of ideal" if self.share_of_ideal else ""
+        return (
+            f"{self.jobs_per_second:,.0f} jobs/s{share}, worker CPU {self.worker_cpu_ms:.2f} "
+            f"ms/job, run beyond the workload {self.run_overhead_ms:.1f} ms, refill gap "
+            f"{self.refill_gap_ms:.1f} ms"
+        )
+
+
+def job(workload: str, pool: str) -> dict:
+    params = {"seconds": SLEEP_SECONDS} if workload == "sleep" else {"value": 1}
+    return {"workload": workload, "params": params, "pool": pool}
+
+
+def tree_cpu(process: psutil.Process) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+
+
+def one_run(
+    stack: BenchStack, client: redis.Redis, worker: psutil.Process, args: argparse.Namespace
+) -> PoolRun:
+    before = succeeded(client)
+    cpu_before = tree_cpu(worker)
+    ids: list[str] = []
+    for start in range(0, args.jobs, BATCH):
+        jobs = [job(args.workload, args.pool)] * min(BATCH, args.jobs - start)
+        answer = stack.http.post(f"{stack.url}/jobs/batch", json={"jobs": jobs}, timeout=60)
+        answer.raise_for_status()
+        ids += [record["id"] for record in answer.json()["jobs"]]
+    records = wait_all(stack, client, ids, before)
+    cpu = tree_cpu(worker) - cpu_before
+    first = min(r["submitted_at"] for r in records)
+    span = max(r["finished_at"] for r in records) - first
+    starts = sorted(r["started_at"] for r in records)
+    ends = sorted(r["finished_at"] for r in records)
+    slots = args.concurrency
+    gaps = [starts[n] - ends[n - slots] for n in range(slots, len(starts))] or [0.0]
+    workload_seconds = SLEEP_SECONDS if args.workload == "sleep" else 0.0
+    runs = [r["finished_at"] - r["started_at"] - workload_seconds for r in records]
+    ideal = slots / SLEEP_SECONDS if args.workload == "sleep" else None
+    rate = len(records) / span
+    return PoolRun(
+        rate, rate / ideal if ideal else None, cpu / len(records) * 1000,
+        statistics.median(runs) * 1000, statistics.median(gaps) * 1000,
+    )  # fmt: skip
+
+
+def succeeded(client: redis.Redis) -> int:
+    """Jobs in the succeeded index: one ZCARD, so waiting costs the worker nothing."""
+    return int(client.zcard(redis_keys.job_index("state", "succeeded")))
+
+
+def wait_all(
+    stack: BenchStack, client: redis.Redis, ids: list[str], before: int, timeout: float = 600.0
+) -> list[dict]:
+    """Every record of `ids`, once the succeeded index grew by as many (read a page at a
+    time, newest first)."""
+    deadline = time.monotonic() + timeout
+    while succeeded(client) < before + len(ids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{succeeded(client) - before} of {len(ids)} jobs succeeded")
+        time.sleep(0.05)
+    wanted, records, cursor = set(ids), {}, None
+    while len(records) < len(wanted):
+        params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+        page = stack.http.get(f"{stack.url}/jobs", params=params, timeout=60).json()
+        records.update({r["id"]: r for r in page["jobs"] if r["id"] in wanted})
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    return [records[i] for i in ids]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pool", default="gevent", choices=["threads", "prefork", "gevent"])
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--workload", default="sleep", choices=["sleep", "noop"])
+    parser.add_argument("--jobs", type=int, default=2_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--loglevel", default="WARNING", help="the worker's WORKER_LOGLEVEL (make run: INFO)"
+    )
+    args = parser.parse_args(argv)
+    stack = BenchStack(Path(tempfile.mkdtemp(prefix="jobrunner-pool-run-")))
+    stack.overrides["WORKER_LOGLEVEL"] = args.loglevel
+    try:
+        stack.start_redis(fsync="everysec")
+        stack.start_api(host="127.0.0.1", port=stack.api_port)
+        stack.wait_api_ready()
+        managed = stack.start_worker(args.pool, args.concurrency)
+        key = stack.http.headers["Authorization"].removeprefix("Bearer ")
+        stack.wait_workers_ready(pool_workers_probe(stack.url, key))
+        worker = psutil.Process(managed.pid)
+        assert stack.redis_server is not None
+        client = redis_client(stack.redis_server.url)
+        runs = []
+        for rep in range(args.reps):
+            runs.append(one_run(stack, client, worker, args))
+            print(f"rep {rep}: {runs[-1].line()}", flush=True)
+    finally:
+        stack.stop()
+    median = PoolRun(*(statistics.median(getattr(r, f) or 0 for r in runs) for f in (
+        "jobs_per_second", "share_of_ideal", "worker_cpu_ms", "run_overhead_ms",
+        "refill_gap_ms",
+    )))  # fmt: skip
+    print(f"{args.pool} -c{args.concurrency}, {args.jobs:,} x {args.workload}, medians of "
+          f"{args.reps}: {median.line()}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""bench/pool_run.py on a real stack: it runs the jobs it says, and its figures are
+consistent with the records it read (nothing asserted of their size: timing is the
+bench's business)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_pool_run_reports_every_figure_for_each_repetition() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.pool_run", "--pool", "threads", "--concurrency", "4",
+         "--workload", "sleep", "--jobs", "40", "--reps", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    figures = re.compile(
+        r"([\d,]+) jobs/s, (\d+)% of ideal, worker CPU ([\d.]+) ms/job, run beyond the "
+        r"workload (-?[\d.]+) ms, refill gap (-?[\d.]+) ms"
+    )
+    reps = [figures.search(line) for line in lines if line.startswith("rep ")]
+    assert len(reps) == 2 and all(reps), run.stdout
+    for match in reps:
+        assert match is not None
+        rate, share = float(match.group(1).replace(",", "")), int(match.group(2))
+        # Four slots of 0.1 s sleeps: at most 40 jobs/s, and the share says the same.
+        assert 0 < rate <= 40 * 1.05
+        assert abs(share - rate / 40 * 100) <= 1
+        assert float(match.group(3)) > 0  # the worker did spend CPU on them
+    assert lines[-1].startswith("threads -c4, 40 x sleep, medians of 2:"), run.stdout
