@@ -17,7 +17,9 @@ prints, per repetition:
 - the worker's CPU per job (its process tree's user + system seconds over the run);
 - the median time a job's run took beyond the workload itself (the claim, scheduling);
 - the median refill gap: how long a freed slot stayed empty (the n-th job to start after
-  the first `concurrency` took the slot of the n-th to finish).
+  the first `concurrency` took the slot of the n-th to finish);
+- Redis commands per job, as `INFO commandstats` counts them (inside scripts one by one),
+  from the first submission to the last acknowledgement, less this tool's own polls.
 
 Printed, never asserted: these machines are shared; compare medians of alternating runs.
 """
@@ -41,6 +43,8 @@ from services.devstack.probes import pool_workers_probe
 
 SLEEP_SECONDS = 0.1
 BATCH = 1_000
+# Acknowledgements are deleted in Redis a moment after the job ends (services/broker/qos.py).
+ACK_SETTLE = 0.2
 
 
 @dataclass
@@ -50,13 +54,14 @@ class PoolRun:
     worker_cpu_ms: float
     run_overhead_ms: float
     refill_gap_ms: float
+    redis_commands: float
 
     def line(self) -> str:
         share = f", {self.share_of_ideal:.0%} of ideal" if self.share_of_ideal else ""
         return (
             f"{self.jobs_per_second:,.0f} jobs/s{share}, worker CPU {self.worker_cpu_ms:.2f} "
             f"ms/job, run beyond the workload {self.run_overhead_ms:.1f} ms, refill gap "
-            f"{self.refill_gap_ms:.1f} ms"
+            f"{self.refill_gap_ms:.1f} ms, {self.redis_commands:.1f} Redis commands/job"
         )
 
 
@@ -73,6 +78,7 @@ def one_run(
     stack: BenchStack, client: redis.Redis, worker: psutil.Process, args: argparse.Namespace
 ) -> PoolRun:
     before = succeeded(client)
+    commands_before = commands(client)
     cpu_before = tree_cpu(worker)
     ids: list[str] = []
     for start in range(0, args.jobs, BATCH):
@@ -80,8 +86,11 @@ def one_run(
         answer = stack.http.post(f"{stack.url}/jobs/batch", json={"jobs": jobs}, timeout=60)
         answer.raise_for_status()
         ids += [record["id"] for record in answer.json()["jobs"]]
-    records = wait_all(stack, client, ids, before)
+    wait_succeeded(client, before, len(ids))
     cpu = tree_cpu(worker) - cpu_before
+    time.sleep(ACK_SETTLE)  # the last acknowledgements' deletions, sent a moment later
+    ran = commands(client) - commands_before
+    records = read_records(stack, ids)
     first = min(r["submitted_at"] for r in records)
     span = max(r["finished_at"] for r in records) - first
     starts = sorted(r["started_at"] for r in records)
@@ -94,8 +103,16 @@ def one_run(
     rate = len(records) / span
     return PoolRun(
         rate, rate / ideal if ideal else None, cpu / len(records) * 1000,
-        statistics.median(runs) * 1000, statistics.median(gaps) * 1000,
+        statistics.median(runs) * 1000, statistics.median(gaps) * 1000, ran / len(records),
     )  # fmt: skip
+
+
+def commands(client: redis.Redis) -> int:
+    """Commands Redis ran so far (those inside scripts one by one, as Redis counts them),
+    less this tool's own ZCARD polls and INFO calls."""
+    stats = client.info("commandstats")
+    ours = ("cmdstat_zcard", "cmdstat_info")
+    return sum(v["calls"] for k, v in stats.items() if k not in ours)
 
 
 def succeeded(client: redis.Redis) -> int:
@@ -103,16 +120,17 @@ def succeeded(client: redis.Redis) -> int:
     return int(client.zcard(redis_keys.job_index("state", "succeeded")))
 
 
-def wait_all(
-    stack: BenchStack, client: redis.Redis, ids: list[str], before: int, timeout: float = 600.0
-) -> list[dict]:
-    """Every record of `ids`, once the succeeded index grew by as many (read a page at a
-    time, newest first)."""
+def wait_succeeded(client: redis.Redis, before: int, jobs: int, timeout: float = 600.0) -> None:
+    """Until the succeeded index grew by `jobs`."""
     deadline = time.monotonic() + timeout
-    while succeeded(client) < before + len(ids):
+    while succeeded(client) < before + jobs:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{succeeded(client) - before} of {len(ids)} jobs succeeded")
+            raise TimeoutError(f"{succeeded(client) - before} of {jobs} jobs succeeded")
         time.sleep(0.05)
+
+
+def read_records(stack: BenchStack, ids: list[str]) -> list[dict]:
+    """Every record of `ids`, read a page at a time, newest first."""
     wanted, records, cursor = set(ids), {}, None
     while len(records) < len(wanted):
         params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
@@ -155,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         stack.stop()
     median = PoolRun(*(statistics.median(getattr(r, f) or 0 for r in runs) for f in (
         "jobs_per_second", "share_of_ideal", "worker_cpu_ms", "run_overhead_ms",
-        "refill_gap_ms",
+        "refill_gap_ms", "redis_commands",
     )))  # fmt: skip
     print(f"{args.pool} -c{args.concurrency}, {args.jobs:,} x {args.workload}, medians of "
           f"{args.reps}: {median.line()}")  # fmt: skip

@@ -22,7 +22,7 @@ def test_a_pool_run_reports_every_figure_for_each_repetition() -> None:
     lines = run.stdout.strip().splitlines()
     figures = re.compile(
         r"([\d,]+) jobs/s, (\d+)% of ideal, worker CPU ([\d.]+) ms/job, run beyond the "
-        r"workload (-?[\d.]+) ms, refill gap (-?[\d.]+) ms"
+        r"workload (-?[\d.]+) ms, refill gap (-?[\d.]+) ms, ([\d.]+) Redis commands/job"
     )
     reps = [figures.search(line) for line in lines if line.startswith("rep ")]
     assert len(reps) == 2 and all(reps), run.stdout
@@ -33,4 +33,5 @@ def test_a_pool_run_reports_every_figure_for_each_repetition() -> None:
         assert 0 < rate <= 40 * 1.05
         assert abs(share - rate / 40 * 100) <= 1
         assert float(match.group(3)) > 0  # the worker did spend CPU on them
+        assert float(match.group(6)) > 1  # a job is stored, queued, claimed and recorded
     assert lines[-1].startswith("threads -c4, 40 x sleep, medians of 2:"), run.stdout

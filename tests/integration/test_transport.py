@@ -105,3 +105,35 @@ def test_a_take_leaves_a_message_it_cannot_read_in_place(server: RedisServer) ->
         "tag-2",
         None,
     ]
+
+
+def test_a_take_of_many_costs_one_rpop_zadd_and_hset(server: RedisServer) -> None:
+    """Redis counts the commands a script runs: one RPOP of many and one ZADD and HSET for
+    all it took, not three commands a message (and an RPOP that finds the list empty)."""
+    client = redis.Redis.from_url(server.url)
+    client.delete("q", "unacked_index", "unacked")
+
+    def message(n: int) -> str:
+        properties = {
+            "delivery_tag": f"t{n}",
+            "delivery_info": {"exchange": "", "routing_key": "q"},
+        }
+        return json.dumps({"body": "e30=", "headers": {}, "properties": properties})
+
+    client.lpush("q", *(message(n) for n in range(50)))
+    take = client.register_script(TAKE_SCRIPT)
+    take(keys=["unacked_index", "unacked", "q"], args=[0, 1, 0])  # loaded, takes nothing
+    before = client.info("commandstats")
+    taken = take(keys=["unacked_index", "unacked", "q"], args=[100, 1, 0])
+    after = client.info("commandstats")
+
+    def calls(command: str) -> int:
+        key = f"cmdstat_{command}"
+        return after.get(key, {}).get("calls", 0) - before.get(key, {}).get("calls", 0)
+
+    # Oldest first, every one recorded as unacked.
+    assert [json.loads(m)["properties"]["delivery_tag"] for m in taken[1::2]] == [
+        f"t{n}" for n in range(50)
+    ]
+    assert client.hlen("unacked") == client.zcard("unacked_index") == 50
+    assert (calls("rpop"), calls("zadd"), calls("hset")) == (1, 1, 1)
