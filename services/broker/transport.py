@@ -23,9 +23,9 @@ both use it through `broker_transport`.
    about one round trip did not wait for its message, whatever the network's latency. (A
    fixed 2 ms bound, and takes that blocked the loop for a round trip, kept a worker 2 ms
    from Redis at 12 % of its loopback throughput: docs/cluster.md.)
-3. A full gevent worker asks again as soon as a tenth of its slots are free (woken by the
-   acknowledgements), and within FULL_POLL_SECONDS of a job ending in any case, not after
-   Celery's 2 s poll (`drain_events`).
+3. A full gevent worker asks again as soon as a hundredth of its slots (at least one) are
+   free, woken by the acknowledgements, and within FULL_POLL_SECONDS of a job ending in
+   any case, not after Celery's 2 s poll (`drain_events`).
 
 What each change measured is in docs/performance.md. A channel can also hand back what it
 would have pushed (`collecting`), so that services/broker/messages.py can let Celery and
@@ -294,9 +294,12 @@ def _at_most_every(call: Any, seconds: Any) -> Any:
 
 # The longest a full gevent worker's loop waits for free slots before it looks again.
 FULL_POLL_SECONDS = 0.02
-# ... and the share of its slots whose acknowledgements wake it sooner: at once, a take
-# for every freed slot cost 30 % more CPU a job; a tenth keeps each take worth its trip.
-WAKE_AT_FREE_SHARE = 0.1
+# ... and the share of its slots whose acknowledgements wake it sooner (at least one).
+# At 100 sleeps of 0.1 s, a hundredth (every freed slot) left a slot empty 3.5-4 ms
+# against 8 ms for a tenth, 83-87 % of ideal against 81-82 %, for 15 % more CPU a job
+# (a take per slot or two); no-ops and -c500 moved by no more than the noise
+# (docs/performance.md, "What each change moved").
+WAKE_AT_FREE_SHARE = 0.01
 
 
 class Transport(kombu_redis.Transport):
@@ -320,7 +323,7 @@ class Transport(kombu_redis.Transport):
 
     def slot_freed(self, qos: Any) -> None:
         """A message of `qos` was acknowledged: a full worker's loop asks for more now if
-        a tenth of its slots are free."""
+        WAKE_AT_FREE_SHARE of its slots (at least one) are free."""
         room = qos.prefetch_count - (len(qos._delivered) - len(qos._dirty))
         if room >= max(1, int(qos.prefetch_count * WAKE_AT_FREE_SHARE)):
             self._slot_freed.set()
@@ -329,9 +332,9 @@ class Transport(kombu_redis.Transport):
         # With every prefetch slot taken no BRPOP is outstanding, and nothing wakes the
         # loop of a gevent worker (Celery's synloop) when a job ends: it slept out its
         # 2 s poll before asking for more, so a full worker refilled every 2 s (seen
-        # once the takes above filled 500 slots). While full, it waits until a tenth of
-        # its slots are free, or FULL_POLL_SECONDS (a 20 ms poll alone left a slot idle
-        # 28 ms a job at 100 sleeps of 0.1 s: docs/performance.md).
+        # once the takes above filled 500 slots). While full, it waits until
+        # WAKE_AT_FREE_SHARE of its slots are free, or FULL_POLL_SECONDS (a 20 ms poll
+        # alone left a slot idle 28 ms a job at 100 sleeps of 0.1 s: docs/performance.md).
         # Workers with an event loop (threads, prefork) acknowledge on that loop, which
         # asks for more right away; they never come here.
         if timeout is not None and self._a_channel_is_full():
