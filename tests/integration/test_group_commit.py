@@ -124,6 +124,7 @@ class Watched(GroupCommit):
         super()._abandon(write)
 
 client = redis.Redis(port=int(sys.argv[1]), decode_responses=True)
+round_trip = float(sys.argv[2]) / 1000  # seconds
 script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
 random.seed(7)
 rounds = answered = lost = 0
@@ -135,7 +136,9 @@ while Watched.handed_over == 0 and rounds < 200:
     victims = random.sample(greenlets, 8)
     gevent.killall(victims, block=True)
     survivors = [g for g in greenlets if g not in victims]
-    gevent.joinall(survivors, timeout=10)
+    # Stranded writes never end; the others need 8 batches of 5, each one round trip:
+    # a thousand round trips is past any answer they could still give.
+    gevent.joinall(survivors, timeout=1000 * round_trip)
     answered += sum(1 for g in survivors if g.successful())
     lost += sum(1 for g in survivors if not g.ready())
     assert group._in_flight == 0 and not group._queue, (group._in_flight, len(group._queue))
@@ -144,10 +147,13 @@ print(json.dumps({"rounds": rounds, "handed_over": Watched.handed_over,
 """
 
 
+DELAY_MS = 1  # each way: a round trip of 2 ms
+
+
 def test_a_killed_greenlet_strands_no_other_write(server: RedisServer) -> None:
-    with DelayProxy(("127.0.0.1", 0), ("127.0.0.1", server.port), delay_ms=1) as proxy:
+    with DelayProxy(("127.0.0.1", 0), ("127.0.0.1", server.port), delay_ms=DELAY_MS) as proxy:
         run = subprocess.run(
-            [sys.executable, "-c", KILLED_WHILE_WAITING, str(proxy.address[1])],
+            [sys.executable, "-c", KILLED_WHILE_WAITING, str(proxy.address[1]), str(2 * DELAY_MS)],
             cwd=ROOT, capture_output=True, text=True, timeout=240,
         )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
