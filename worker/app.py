@@ -11,4 +11,5 @@ app.conf.worker_soft_shutdown_timeout = get_settings().job_shutdown_grace
 import worker.experiments  # noqa: E402
 import worker.reconciler  # noqa: E402
 import worker.self_report  # noqa: E402  (its remote-control commands)
+import worker.task_logs  # noqa: E402  (Celery's per-task lines at DEBUG only)
 import worker.tasks  # noqa: E402, F401

@@ -190,6 +190,10 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
     if not claimed.moved and redelivered and claimed.previous == JobState.running:
         # Its worker may be alive (a duplicate) or dead with a lease not yet lapsed: look
         # again later. Once the job ends, that later look finds it final and stops.
+        log.info(
+            "job %s is running elsewhere under a lease; this message looks again in %.0f s",
+            job_id, leases.lease_seconds / 2,
+        )  # fmt: skip
         raise self.retry(
             args=[job_id],
             kwargs={"takeover": True},
