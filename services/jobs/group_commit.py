@@ -54,6 +54,9 @@ class _Write:
     error: BaseException | None = None
     # Set when this write is to send a batch (its own write first) for the others.
     batch: list[_Write] | None = None
+    # Its caller stopped waiting (a killed greenlet): never made to lead, nor sent if it
+    # has not left yet.
+    abandoned: bool = False
     # Released once: when the write is answered, or handed a batch to send. A lock held
     # from birth is the cheapest one-shot wake there is, for threads and greenlets alike.
     _wake: threading.Lock = field(default_factory=_held_lock)
@@ -114,34 +117,39 @@ class GroupCommit:
             self._send(batch)
         finally:
             with self._lock:
-                following = self._take(self.max_batch)
-                if following:
-                    following[0].batch = following  # the slot passes to the next batch
-                else:
-                    self._in_flight -= 1
-            if following:
-                following[0].wake()
+                leader = self._hand_on(self._take(self.max_batch))
+            if leader is not None:
+                leader.wake()
             for answered in batch[1:]:
                 answered.wake()
 
+    def _hand_on(self, batch: list[_Write]) -> _Write | None:
+        """Under the lock: `batch`, less the writes whose callers left, given to its first
+        write to send (the batch slot passes to it); else the oldest of the queue; else
+        None, and one batch fewer in flight."""
+        live = [write for write in batch if not write.abandoned]
+        if not live:
+            live = self._take(self.max_batch)  # the queue holds no abandoned write
+        if not live:
+            self._in_flight -= 1
+            return None
+        live[0].batch = live
+        return live[0]
+
     def _abandon(self, write: _Write) -> None:
         """`write`'s caller stopped waiting: it leaves the queue, or hands the batch it
-        was given to send to the next write of it (or of the queue)."""
+        was given to send on to a write whose caller still waits."""
         with self._lock:
+            write.abandoned = True
             if write in self._queue:
                 self._queue.remove(write)
                 return
             if write.batch is None:
-                return  # on its way in another write's batch: nothing waits on this one
-            rest = [other for other in write.batch if other is not write]
-            write.batch = None
-            if not rest:
-                rest = self._take(self.max_batch)
-            if not rest:
-                self._in_flight -= 1
-                return
-            rest[0].batch = rest
-        rest[0].wake()
+                return  # in a batch on its way, or in one another write will send
+            batch, write.batch = write.batch, None
+            leader = self._hand_on(batch)
+        if leader is not None:
+            leader.wake()
 
     def _send(self, batch: list[_Write]) -> None:
         # EVALSHA by hand: a pipeline given Script objects first asks Redis whether its

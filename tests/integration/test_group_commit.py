@@ -117,10 +117,13 @@ import gevent, redis
 from services.jobs.group_commit import GroupCommit
 
 class Watched(GroupCommit):
-    handed_over = 0
+    handed_over = 0  # a killed write had been handed a batch to send
+    past_the_dead = 0  # ...one holding another write whose caller had left too
     def _abandon(self, write):
         if write.batch is not None:
             Watched.handed_over += 1
+            if any(other.abandoned for other in write.batch if other is not write):
+                Watched.past_the_dead += 1
         super()._abandon(write)
 
 client = redis.Redis(port=int(sys.argv[1]), decode_responses=True)
@@ -128,7 +131,7 @@ round_trip = float(sys.argv[2]) / 1000  # seconds
 script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
 random.seed(7)
 rounds = answered = lost = 0
-while Watched.handed_over == 0 and rounds < 200:
+while (Watched.handed_over == 0 or Watched.past_the_dead == 0) and rounds < 500:
     rounds += 1
     group = Watched(client, max_in_flight=1, max_batch=5)
     greenlets = [gevent.spawn(group.run, script, [f"k:{rounds}:{n}"], [n]) for n in range(40)]
@@ -136,13 +139,17 @@ while Watched.handed_over == 0 and rounds < 200:
     victims = random.sample(greenlets, 8)
     gevent.killall(victims, block=True)
     survivors = [g for g in greenlets if g not in victims]
-    # Stranded writes never end; the others need 8 batches of 5, each one round trip:
-    # a thousand round trips is past any answer they could still give.
-    gevent.joinall(survivors, timeout=1000 * round_trip)
+    # Stranded writes never end: wait while batches still complete (each is one round
+    # trip); five thousand round trips without one is a strand, not a slow machine.
+    sent = -1
+    while sent != group.batches and not all(g.ready() for g in survivors):
+        sent = group.batches
+        gevent.joinall(survivors, timeout=5000 * round_trip)
     answered += sum(1 for g in survivors if g.successful())
     lost += sum(1 for g in survivors if not g.ready())
     assert group._in_flight == 0 and not group._queue, (group._in_flight, len(group._queue))
 print(json.dumps({"rounds": rounds, "handed_over": Watched.handed_over,
+                  "past_the_dead": Watched.past_the_dead,
                   "answered": answered, "lost": lost, "expected": rounds * 32}))
 """
 
@@ -158,5 +165,7 @@ def test_a_killed_greenlet_strands_no_other_write(server: RedisServer) -> None:
         )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
-    assert seen["handed_over"] >= 1, seen  # the case under test happened
+    # The cases under test happened: a killed write had been handed a batch, once with
+    # another killed write in it (which must not be handed the batch in turn).
+    assert seen["handed_over"] >= 1 and seen["past_the_dead"] >= 1, seen
     assert seen["lost"] == 0 and seen["answered"] == seen["expected"], seen
