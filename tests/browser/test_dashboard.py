@@ -21,6 +21,7 @@ from tests.browser.pages import screenshot, wait_until
 from tests.stack import TEST_KEYS, Stack, bearer
 
 CONCURRENCY = {"threads": 4, "prefork": 1, "gevent": 20}
+REFUSED_URL = "http://127.0.0.1:9/"  # nothing listens on the discard port
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +235,16 @@ def test_cancel_a_queued_job_from_its_page_and_see_the_pools(browser: Any, stack
                 browser, f'[data-pool="{pool}"] [data-concurrency]', "data-concurrency"
             )
             assert shown_concurrency == [str(concurrency)]
+        # The queue depth counts the job waiting behind the long one.
+        wait_until(
+            browser,
+            lambda d: attributes(d, '[data-pool="prefork"] [data-queued]', "data-queued") == ["1"],
+            "prefork's queued job counted",
+        )
+        # What each pool can do: prefork can kill, stop and isolate a job; threads none.
+        yes = " .capabilities .yes"
+        assert len(by_css(browser, f'[data-pool="prefork"]{yes}')) == 3
+        assert len(by_css(browser, f'[data-pool="threads"]{yes}')) == 0
         screenshot(browser, "pools")
 
         open_page(browser, f"{stack.url}/ui/jobs/{queued['id']}", "job")
@@ -248,6 +259,33 @@ def test_cancel_a_queued_job_from_its_page_and_see_the_pools(browser: Any, stack
         stack.http.delete(f"{stack.url}/jobs/{blocker['id']}", timeout=10)
     (record,) = stack.wait_for([queued["id"]])
     assert record["started_at"] is None
+
+
+def test_filter_the_list_by_state_and_retry_a_failed_job_from_its_page(
+    browser: Any, stack: Stack
+) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    sign_in(browser, stack, "admin")
+    failed = stack.submit("http_get", {"url": REFUSED_URL, "timeout": 2}, pool="threads")
+    succeeded = stack.submit("noop", {"value": "kept out"}, pool="threads")
+    stack.wait_for([failed["id"], succeeded["id"]])
+    assert stack.job(failed["id"])["state"] == "failed"
+
+    Select(by_css(browser, "#job-filters [name=state]")[0]).select_by_value("failed")
+    wait_until(browser, lambda d: row_state(d, failed["id"]) == "failed", "the failed job listed")
+    assert row_state(browser, succeeded["id"]) is None  # filtered out
+    assert set(attributes(browser, "#jobs-body [data-state]", "data-state")) == {"failed"}
+    assert "state=failed" in browser.current_url  # the filter is in the address, to share
+
+    click(browser, f'tr[data-job-id="{failed["id"]}"] a')
+    wait_until(browser, lambda d: state_on_page(d) == "failed", "the failed job's page")
+    wait_until(browser, lambda d: shown(d, "#retry-job"), "the Retry button")
+    click(browser, "#retry-job")
+    # Queued again under the same id: a second attempt runs, and fails the same way.
+    wait_until(browser, lambda d: stack.job(failed["id"])["attempts"] == 2, "a second attempt")
+    (again,) = stack.wait_for([failed["id"]])
+    assert again["state"] == "failed" and again["attempts"] == 2
 
 
 def test_a_read_only_key_is_offered_no_cancel(browser: Any, stack: Stack) -> None:
