@@ -324,8 +324,8 @@ class Transport(kombu_redis.Transport):
     def slot_freed(self, qos: Any) -> None:
         """A message of `qos` was acknowledged: a full worker's loop asks for more now if
         WAKE_AT_FREE_SHARE of its slots (at least one) are free."""
-        room = qos.prefetch_count - (len(qos._delivered) - len(qos._dirty))
-        if room >= max(1, int(qos.prefetch_count * WAKE_AT_FREE_SHARE)):
+        room = qos.can_consume_max_estimate()  # None: no prefetch limit, never full
+        if room is None or room >= max(1, int(qos.prefetch_count * WAKE_AT_FREE_SHARE)):
             self._slot_freed.set()
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> Any:
