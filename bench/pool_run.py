@@ -33,10 +33,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import redis
 
 from bench.harness import BenchStack
+from bench.peers.driver import command_counts
+from bench.peers.runner import tree_cpu_seconds
 from services.core import redis_keys
 from services.core.redis_clients import redis_client
 from services.devstack.probes import pool_workers_probe
@@ -70,16 +71,12 @@ def job(workload: str, pool: str) -> dict:
     return {"workload": workload, "params": params, "pool": pool}
 
 
-def tree_cpu(process: psutil.Process) -> float:
-    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
-
-
 def one_run(
-    stack: BenchStack, client: redis.Redis, worker: psutil.Process, args: argparse.Namespace
+    stack: BenchStack, client: redis.Redis, worker_pid: int, args: argparse.Namespace
 ) -> PoolRun:
     before = succeeded(client)
     commands_before = commands(client)
-    cpu_before = tree_cpu(worker)
+    cpu_before = tree_cpu_seconds(worker_pid)
     ids: list[str] = []
     for start in range(0, args.jobs, BATCH):
         jobs = [job(args.workload, args.pool)] * min(BATCH, args.jobs - start)
@@ -87,7 +84,7 @@ def one_run(
         answer.raise_for_status()
         ids += [record["id"] for record in answer.json()["jobs"]]
     wait_succeeded(client, before, len(ids))
-    cpu = tree_cpu(worker) - cpu_before
+    cpu = tree_cpu_seconds(worker_pid) - cpu_before
     time.sleep(ACK_SETTLE)  # the last acknowledgements' deletions, sent a moment later
     ran = commands(client) - commands_before
     records = read_records(stack, ids)
@@ -110,9 +107,7 @@ def one_run(
 def commands(client: redis.Redis) -> int:
     """Commands Redis ran so far (those inside scripts one by one, as Redis counts them),
     less this tool's own ZCARD polls and INFO calls."""
-    stats = client.info("commandstats")
-    ours = ("cmdstat_zcard", "cmdstat_info")
-    return sum(v["calls"] for k, v in stats.items() if k not in ours)
+    return sum(n for name, n in command_counts(client).items() if name not in ("zcard", "info"))
 
 
 def succeeded(client: redis.Redis) -> int:
@@ -162,12 +157,11 @@ def main(argv: list[str] | None = None) -> None:
         managed = stack.start_worker(args.pool, args.concurrency)
         key = stack.http.headers["Authorization"].removeprefix("Bearer ")
         stack.wait_workers_ready(pool_workers_probe(stack.url, key))
-        worker = psutil.Process(managed.pid)
         assert stack.redis_server is not None
         client = redis_client(stack.redis_server.url)
         runs = []
         for rep in range(args.reps):
-            runs.append(one_run(stack, client, worker, args))
+            runs.append(one_run(stack, client, managed.pid, args))
             print(f"rep {rep}: {runs[-1].line()}", flush=True)
     finally:
         stack.stop()
