@@ -31,7 +31,7 @@ from services.catalog.workloads import CATALOG, FINGERPRINT
 from services.core.redis_clients import redis_client
 from services.core.settings import get_settings
 from services.core.vocabulary import JobState
-from services.jobs.group_commit import GroupCommit, direct
+from services.jobs.group_commit import GroupCommit
 from services.jobs.record import JobError, JobRecord
 from services.jobs.store import JobStore, Transition
 from worker import memory_limit
@@ -78,8 +78,8 @@ def job_store() -> JobStore:
     )  # fmt: skip
     # The claims and outcomes of jobs running at once share round trips (group commit);
     # a prefork pool process runs one job at a time and sends its own.
-    run_script = direct if IN_POOL_PROCESS else GroupCommit(client).run
-    return JobStore(client, settings.job_result_ttl, run_script)
+    group_commit = None if IN_POOL_PROCESS else GroupCommit(client)
+    return JobStore(client, settings.job_result_ttl, group_commit)
 
 
 # This worker's Celery node name, in its main process (set once it is known).

@@ -19,7 +19,7 @@ import redis
 
 from services.core import redis_keys
 from services.core.vocabulary import JobState
-from services.jobs.group_commit import ScriptRunner, direct
+from services.jobs.group_commit import GroupCommit, direct
 from services.jobs.job_metrics import lua_buckets
 from services.jobs.record import (
     CREATABLE_FIELDS,
@@ -33,8 +33,11 @@ from services.jobs.record import (
 
 _SCRIPTS = resources.files(__package__)
 # Moves a job between states, checking where it may come from, and counts the move for
-# Prometheus (transition.lua, after the bounds of its histograms: job_metrics.py).
-TRANSITION_SCRIPT = lua_buckets() + _SCRIPTS.joinpath("transition.lua").read_text()
+# Prometheus (transition.lua, after the bounds of its histograms: job_metrics.py); the
+# batch form moves many jobs in one call (a worker's group commit).
+_TRANSITION = lua_buckets() + _SCRIPTS.joinpath("transition.lua").read_text()
+TRANSITION_SCRIPT = _TRANSITION + _SCRIPTS.joinpath("transition_one.lua").read_text()
+TRANSITION_BATCH_SCRIPT = _TRANSITION + _SCRIPTS.joinpath("transition_batch.lua").read_text()
 # Stores new records, indexes them and pushes their messages in one go (create.lua).
 CREATE_SCRIPT = _SCRIPTS.joinpath("create.lua").read_text()
 # Renews the leases a worker holds, only for the runs that still hold them (renew.lua).
@@ -57,14 +60,17 @@ class JobStore:
     """Job records in one Redis database."""
 
     def __init__(
-        self, client: redis.Redis, ttl_seconds: int, run_script: ScriptRunner = direct
+        self, client: redis.Redis, ttl_seconds: int, group_commit: GroupCommit | None = None
     ) -> None:
         self.redis = client
         self.ttl = ttl_seconds
-        # How a transition's script is sent: alone (direct), or with the other writes
-        # waiting in this process (services/jobs/group_commit.py).
-        self._run_script = run_script
         self._transition = client.register_script(TRANSITION_SCRIPT)
+        # How a transition's script is sent: alone (direct), or with the other writes
+        # waiting in this process, in one call (services/jobs/group_commit.py).
+        self._run_script = direct
+        if group_commit is not None:
+            group_commit.batch_as(self._transition, client.register_script(TRANSITION_BATCH_SCRIPT))
+            self._run_script = group_commit.run
         self._create = client.register_script(CREATE_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
 

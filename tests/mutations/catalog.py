@@ -121,6 +121,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{FENCING}::test_the_late_outcome_of_a_run_that_lost_its_job_is_refused_and_counted",),
         fast=True,
     ),
+    Mutation(
+        "batched-moves-index-each-move",
+        "A listing by state shows each job once, under its state",
+        "moves sent in one call each move their job's index entry (a job that moved twice "
+        "is left in the index of its middle state too)",
+        (
+            Edit(
+                "services/jobs/transition.lua",
+                "    local earlier = index_moves[id]  -- this job moved before in this call\n",
+                "    local earlier = nil\n",
+            ),
+        ),
+        (
+            "tests/integration/test_batched_moves.py::test_a_job_moved_twice_in_one_call_is_in_one_index",
+        ),
+        fast=True,
+    ),
     # -- No message lost with Redis ------------------------------------------------------
     Mutation(
         "reconciler-finds-nothing",
