@@ -56,6 +56,7 @@ class PoolRun:
     run_overhead_ms: float
     refill_gap_ms: float
     redis_commands: float
+    by_command: dict[str, float] | None = None
 
     def line(self) -> str:
         share = f", {self.share_of_ideal:.0%} of ideal" if self.share_of_ideal else ""
@@ -75,6 +76,7 @@ def one_run(
     stack: BenchStack, client: redis.Redis, worker_pid: int, args: argparse.Namespace
 ) -> PoolRun:
     before = succeeded(client)
+    counts_before = command_counts(client)
     commands_before = commands(client)
     cpu_before = tree_cpu_seconds(worker_pid)
     ids: list[str] = []
@@ -87,6 +89,7 @@ def one_run(
     cpu = tree_cpu_seconds(worker_pid) - cpu_before
     time.sleep(ACK_SETTLE)  # the last acknowledgements' deletions, sent a moment later
     ran = commands(client) - commands_before
+    counts_after = command_counts(client)
     records = read_records(stack, ids)
     first = min(r["submitted_at"] for r in records)
     span = max(r["finished_at"] for r in records) - first
@@ -101,6 +104,9 @@ def one_run(
     return PoolRun(
         rate, rate / ideal if ideal else None, cpu / len(records) * 1000,
         statistics.median(runs) * 1000, statistics.median(gaps) * 1000, ran / len(records),
+        {name: (n - counts_before.get(name, 0)) / len(records)
+         for name, n in counts_after.items()
+         if n != counts_before.get(name, 0) and name not in ("zcard", "info")},
     )  # fmt: skip
 
 
@@ -147,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--loglevel", default="WARNING", help="the worker's WORKER_LOGLEVEL (make run: INFO)"
     )
+    parser.add_argument(
+        "--by-command", action="store_true", help="also print Redis commands per job by name"
+    )
     args = parser.parse_args(argv)
     stack = BenchStack(Path(tempfile.mkdtemp(prefix="jobrunner-pool-run-")))
     stack.overrides["WORKER_LOGLEVEL"] = args.loglevel
@@ -163,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         for rep in range(args.reps):
             runs.append(one_run(stack, client, managed.pid, args))
             print(f"rep {rep}: {runs[-1].line()}", flush=True)
+            if args.by_command:
+                shown = sorted((runs[-1].by_command or {}).items(), key=lambda kv: -kv[1])
+                print("  " + ", ".join(f"{name} {n:.2f}" for name, n in shown), flush=True)
     finally:
         stack.stop()
     median = PoolRun(*(statistics.median(getattr(r, f) or 0 for r in runs) for f in (
