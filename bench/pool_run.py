@@ -19,7 +19,11 @@ prints, per repetition:
 - the median refill gap: how long a freed slot stayed empty (the n-th job to start after
   the first `concurrency` took the slot of the n-th to finish);
 - Redis commands per job, as `INFO commandstats` counts them (inside scripts one by one),
-  from the first submission to the last acknowledgement, less this tool's own polls.
+  from the first submission to the last acknowledgement, less this tool's own polls
+  (`--by-command`: by name);
+- how long after the first submission the first job started, and how long the
+  submissions themselves took (the API accepting each batch): time in the span that no
+  worker can use.
 
 Printed, never asserted: these machines are shared; compare medians of alternating runs.
 """
@@ -56,6 +60,10 @@ class PoolRun:
     run_overhead_ms: float
     refill_gap_ms: float
     redis_commands: float
+    # Where the span goes besides the jobs' own time: from the first submission to the
+    # first start, and the submissions' own span (the API accepting every batch).
+    first_start_ms: float = 0.0
+    submitting_ms: float = 0.0
     by_command: dict[str, float] | None = None
 
     def line(self) -> str:
@@ -63,7 +71,9 @@ class PoolRun:
         return (
             f"{self.jobs_per_second:,.0f} jobs/s{share}, worker CPU {self.worker_cpu_ms:.2f} "
             f"ms/job, run beyond the workload {self.run_overhead_ms:.1f} ms, refill gap "
-            f"{self.refill_gap_ms:.1f} ms, {self.redis_commands:.1f} Redis commands/job"
+            f"{self.refill_gap_ms:.1f} ms, {self.redis_commands:.1f} Redis commands/job, "
+            f"first start {self.first_start_ms:.0f} ms after the first submission, "
+            f"submissions span {self.submitting_ms:.0f} ms"
         )
 
 
@@ -104,6 +114,8 @@ def one_run(
     return PoolRun(
         rate, rate / ideal if ideal else None, cpu / len(records) * 1000,
         statistics.median(runs) * 1000, statistics.median(gaps) * 1000, ran / len(records),
+        (starts[0] - first) * 1000,
+        (max(r["submitted_at"] for r in records) - first) * 1000,
         {name: (n - counts_before.get(name, 0)) / len(records)
          for name, n in counts_after.items()
          if n != counts_before.get(name, 0) and name not in ("zcard", "info")},
@@ -179,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         stack.stop()
     median = PoolRun(*(statistics.median(getattr(r, f) or 0 for r in runs) for f in (
         "jobs_per_second", "share_of_ideal", "worker_cpu_ms", "run_overhead_ms",
-        "refill_gap_ms", "redis_commands",
+        "refill_gap_ms", "redis_commands", "first_start_ms", "submitting_ms",
     )))  # fmt: skip
     print(f"{args.pool} -c{args.concurrency}, {args.jobs:,} x {args.workload}, medians of "
           f"{args.reps}: {median.line()}")  # fmt: skip
