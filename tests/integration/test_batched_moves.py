@@ -6,44 +6,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 import redis
 
 from services.core import redis_keys
 from services.core.ids import new_uuid4
 from services.core.vocabulary import JobState
-from services.devstack.delay_proxy import DelayProxy
-from services.devstack.redis_server import RedisServer
 from services.jobs.group_commit import GroupCommit
 from services.jobs.job_metrics import read_job_metrics
 from services.jobs.record import JobRecord
 from services.jobs.store import TRANSITION_BATCH_SCRIPT, TRANSITION_SCRIPT, JobStore, Transition
 
 JOBS = 40
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    started = RedisServer(Path(tmp_path_factory.mktemp("batched-moves"))).start()
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture
-def client(server: RedisServer) -> Iterator[redis.Redis]:
-    """The server 2 ms away each way: long enough for a worker's writes to pile up."""
-    with DelayProxy(("127.0.0.1", 0), ("127.0.0.1", server.port), delay_ms=2) as proxy:
-        host, port = proxy.address
-        far = redis.Redis(host=host, port=port, decode_responses=True)
-        far.flushall()
-        far.config_resetstat()
-        yield far
-        far.close()
 
 
 def queued(store: JobStore) -> JobRecord:
@@ -95,14 +70,14 @@ def all_at_once(count: int, write: Callable[[int], Transition | None]) -> list:
 
 
 def test_moves_sent_together_are_one_call_each_answered_and_indexed(
-    client: redis.Redis,
+    far_redis: redis.Redis,
 ) -> None:
-    group = GroupCommit(client)
-    store = JobStore(client, 3600, group)
+    group = GroupCommit(far_redis)
+    store = JobStore(far_redis, 3600, group)
     ids = [queued(store).id for _ in range(JOBS)]
     for script in (TRANSITION_SCRIPT, TRANSITION_BATCH_SCRIPT):
-        client.script_load(script)  # else a first call counts twice, NOSCRIPT then run
-    before = calls(client, "evalsha"), calls(client, "hincrby")
+        far_redis.script_load(script)  # else a first call counts twice, NOSCRIPT then run
+    before = calls(far_redis, "evalsha"), calls(far_redis, "hincrby")
 
     claims = all_at_once(JOBS, lambda n: claim(store, ids[n]))
     assert all(answer.moved and answer.record.attempts == 1 for answer in claims)
@@ -111,16 +86,16 @@ def test_moves_sent_together_are_one_call_each_answered_and_indexed(
 
     # 80 moves in far fewer calls: one script call per batch, whatever it held.
     assert group.batches <= 2 * JOBS / 4, group.batches
-    assert calls(client, "evalsha") - before[0] == group.batches
+    assert calls(far_redis, "evalsha") - before[0] == group.batches
     # The metrics of moves sent together were counted once per series, not per move
     # (each move counts two series: a histogram's bucket and its sum).
-    assert calls(client, "hincrby") - before[1] < 2 * JOBS
-    counted = read_job_metrics(client)
+    assert calls(far_redis, "hincrby") - before[1] < 2 * JOBS
+    counted = read_job_metrics(far_redis)
     assert counted.outcomes == {("gevent", "noop", "succeeded"): JOBS}
     assert counted.wait[("gevent", "noop")].count == JOBS
     assert counted.run[("gevent", "noop")].count == JOBS
-    assert in_index(client, "succeeded") == set(ids)
-    assert in_index(client, "running") == in_index(client, "queued") == set()
+    assert in_index(far_redis, "succeeded") == set(ids)
+    assert in_index(far_redis, "running") == in_index(far_redis, "queued") == set()
 
 
 class Held:
@@ -161,9 +136,9 @@ class Held:
         return answer
 
 
-def test_a_job_moved_twice_in_one_call_is_in_one_index(client: redis.Redis) -> None:
-    group = GroupCommit(client)
-    store = JobStore(client, 3600, group)
+def test_a_job_moved_twice_in_one_call_is_in_one_index(far_redis: redis.Redis) -> None:
+    group = GroupCommit(far_redis)
+    store = JobStore(far_redis, 3600, group)
     twice, other = queued(store).id, queued(store).id
     held = Held(group)
     held.queue(lambda: claim(store, twice))
@@ -173,15 +148,15 @@ def test_a_job_moved_twice_in_one_call_is_in_one_index(client: redis.Redis) -> N
     claimed, finished = held.answers
     assert claimed.moved and finished.moved and last is not None and last.moved
     # queued -> running -> succeeded in one call: in the succeeded index only.
-    assert in_index(client, "succeeded") == {twice}
-    assert in_index(client, "running") == {other}
-    assert in_index(client, "queued") == set()
-    assert read_job_metrics(client).outcomes == {("gevent", "noop", "succeeded"): 1}
+    assert in_index(far_redis, "succeeded") == {twice}
+    assert in_index(far_redis, "running") == {other}
+    assert in_index(far_redis, "queued") == set()
+    assert read_job_metrics(far_redis).outcomes == {("gevent", "noop", "succeeded"): 1}
 
 
-def test_a_move_that_fails_answers_alone_and_the_others_stand(client: redis.Redis) -> None:
-    group = GroupCommit(client)
-    store = JobStore(client, 3600, group)
+def test_a_move_that_fails_answers_alone_and_the_others_stand(far_redis: redis.Redis) -> None:
+    group = GroupCommit(far_redis)
+    store = JobStore(far_redis, 3600, group)
     good, bad, last = queued(store).id, queued(store).id, queued(store).id
     held = Held(group)
     held.queue(lambda: claim(store, good))
@@ -193,18 +168,18 @@ def test_a_move_that_fails_answers_alone_and_the_others_stand(client: redis.Redi
     claimed, failed = held.answers
     assert isinstance(failed, redis.ResponseError)
     assert claimed.moved and answer is not None and answer.moved
-    assert in_index(client, "running") == {good, last}
-    assert in_index(client, "queued") == {bad}
-    assert client.hget(redis_keys.job(bad), "state") == "queued"
+    assert in_index(far_redis, "running") == {good, last}
+    assert in_index(far_redis, "queued") == {bad}
+    assert far_redis.hget(redis_keys.job(bad), "state") == "queued"
 
 
-def test_a_batch_script_redis_forgot_is_loaded_again(client: redis.Redis) -> None:
-    group = GroupCommit(client)
-    store = JobStore(client, 3600, group)
+def test_a_batch_script_redis_forgot_is_loaded_again(far_redis: redis.Redis) -> None:
+    group = GroupCommit(far_redis)
+    store = JobStore(far_redis, 3600, group)
     first, second = queued(store).id, queued(store).id
-    client.script_flush()  # what a Redis restart does to loaded scripts
+    far_redis.script_flush()  # what a Redis restart does to loaded scripts
     held = Held(group)
     held.queue(lambda: claim(store, first))
     answer = held.release(lambda: claim(store, second))
     assert held.answers[0].moved and answer is not None and answer.moved
-    assert in_index(client, "running") == {first, second}
+    assert in_index(far_redis, "running") == {first, second}

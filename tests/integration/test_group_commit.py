@@ -7,10 +7,8 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from services.devstack.delay_proxy import DelayProxy
@@ -20,25 +18,6 @@ from services.jobs.group_commit import GroupCommit
 ROOT = Path(__file__).resolve().parents[2]
 # Answers its key's new value, or fails with Redis's error when ARGV[1] is not a number.
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    started = RedisServer(Path(tmp_path_factory.mktemp("group-commit"))).start()
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture
-def far_redis(server: RedisServer) -> Iterator[redis.Redis]:
-    """The server 2 ms away each way: a round trip long enough for writes to pile up."""
-    with DelayProxy(("127.0.0.1", 0), ("127.0.0.1", server.port), delay_ms=2) as proxy:
-        host, port = proxy.address
-        client = redis.Redis(host=host, port=port, decode_responses=True)
-        yield client
-        client.close()
 
 
 def test_writes_arriving_together_share_round_trips_and_get_their_own_answers(
