@@ -13,7 +13,6 @@ machines are noisy): at 2 ms, each pool keeps at least half its 0 ms throughput.
 from __future__ import annotations
 
 import re
-import socket
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import redis
 
 from bench.harness import Bench
 from services.devstack.launcher import ManagedProcess
+from services.devstack.probes import listening
 from services.devstack.redis_server import free_port
 from worker.profiles import worker_command
 
@@ -76,7 +76,7 @@ def start_forwarder(b: Bench, rtt_ms: float) -> tuple[ManagedProcess, str]:
     ]  # fmt: skip
     proc = b.spawn(argv, f"forwarder-{rtt_ms:g}ms")
     b.stack.wait_until(
-        lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() is None,
+        lambda: listening(port),
         10, "the delay forwarder did not listen", [proc],
     )  # fmt: skip
     return proc, re.sub(r":\d+/", f":{port}/", b.url)

@@ -86,8 +86,7 @@ def one_run(
     stack: BenchStack, client: redis.Redis, worker_pid: int, args: argparse.Namespace
 ) -> PoolRun:
     before = succeeded(client)
-    counts_before = command_counts(client)
-    commands_before = commands(client)
+    commands_before = command_counts(client)
     cpu_before = tree_cpu_seconds(worker_pid)
     ids: list[str] = []
     for start in range(0, args.jobs, BATCH):
@@ -98,8 +97,7 @@ def one_run(
     wait_succeeded(client, before, len(ids))
     cpu = tree_cpu_seconds(worker_pid) - cpu_before
     time.sleep(ACK_SETTLE)  # the last acknowledgements' deletions, sent a moment later
-    ran = commands(client) - commands_before
-    counts_after = command_counts(client)
+    ran = commands_used(commands_before, command_counts(client))
     records = read_records(stack, ids)
     first = min(r["submitted_at"] for r in records)
     span = max(r["finished_at"] for r in records) - first
@@ -113,19 +111,19 @@ def one_run(
     rate = len(records) / span
     return PoolRun(
         rate, rate / ideal if ideal else None, cpu / len(records) * 1000,
-        statistics.median(runs) * 1000, statistics.median(gaps) * 1000, ran / len(records),
-        (starts[0] - first) * 1000,
+        statistics.median(runs) * 1000, statistics.median(gaps) * 1000,
+        sum(ran.values()) / len(records), (starts[0] - first) * 1000,
         (max(r["submitted_at"] for r in records) - first) * 1000,
-        {name: (n - counts_before.get(name, 0)) / len(records)
-         for name, n in counts_after.items()
-         if n != counts_before.get(name, 0) and name not in ("zcard", "info")},
+        {name: n / len(records) for name, n in ran.items()},
     )  # fmt: skip
 
 
-def commands(client: redis.Redis) -> int:
-    """Commands Redis ran so far (those inside scripts one by one, as Redis counts them),
-    less this tool's own ZCARD polls and INFO calls."""
-    return sum(n for name, n in command_counts(client).items() if name not in ("zcard", "info"))
+def commands_used(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Commands Redis ran between two `INFO commandstats` readings, by name (those inside
+    scripts one by one, as Redis counts them), less this tool's own ZCARD polls and INFO
+    calls."""
+    used = {name: n - before.get(name, 0) for name, n in after.items()}
+    return {name: n for name, n in used.items() if n and name not in ("zcard", "info")}
 
 
 def succeeded(client: redis.Redis) -> int:

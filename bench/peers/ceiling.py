@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import statistics
 import time
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from api.__main__ import gunicorn_command
 from bench.harness import Bench
 from bench.report import Row
+from services.devstack.probes import listening
 from services.devstack.redis_server import free_port
 
 REQUESTS = 3_000
@@ -65,15 +65,6 @@ def one_connection_rate(port: int, headers: dict[str, str], requests: int) -> fl
         return requests / (time.perf_counter() - started)
     finally:
         connection.close()
-
-
-def listening(port: int) -> bool:
-    """Whether something accepts connections on 127.0.0.1:`port`."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 def bench_ceiling(b: Any) -> None:

@@ -1,7 +1,9 @@
-"""Which workers a running stack has, asked over HTTP as any client could ask."""
+"""What a running stack offers, asked as any client could ask: which workers it has
+(over HTTP), whether something listens on a port."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import requests
@@ -18,3 +20,12 @@ def pool_workers_probe(api_url: str, key: str | None) -> Callable[[], set[str]]:
         return {w["node"] for pool in answer.json()["pools"] for w in pool["workers"]}
 
     return live_nodes
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on `host`:`port`."""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True

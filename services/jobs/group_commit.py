@@ -33,7 +33,6 @@ are `threading`'s, which a gevent worker's monkey-patching makes cooperative.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,6 +232,3 @@ def direct(script: Any, keys: list[str], args: list[Any]) -> Any:
     """No grouping: one round trip per write (what a prefork pool process, running one job
     at a time, gains nothing over)."""
     return script(keys=keys, args=args)
-
-
-ScriptRunner = Callable[[Any, list[str], list[Any]], Any]
