@@ -11,6 +11,15 @@ import sys
 import tempfile
 from typing import Any
 
+# Seconds a kept-alive connection may idle before the API closes it (gunicorn's default
+# is 2). A client that reuses a connection in the instant the server closes it loses its
+# request ("Remote end closed connection without response"), so the server must outlast
+# every client's and proxy's idle timeout: our client lets go after 15 s
+# (services/client/session.py), nginx and most load balancers after 60. An idle
+# connection costs gthread a file descriptor and a poller entry, not a thread.
+# GUNICORN_CMD_ARGS="--keep-alive N" overrides it.
+keepalive = 75
+
 # prometheus_client's multiprocess mode: each gunicorn worker writes its metrics to files
 # in this folder, and a scrape answered by any of them sums them all (api/metrics.py). Set
 # here, in the master, before any worker starts and imports prometheus_client, which reads

@@ -19,6 +19,7 @@ import redis
 import requests
 
 from services.broker.celery_app import make_celery
+from services.client.session import ExpiringSession
 from services.core.api_keys import hash_key
 from services.core.redis_clients import redis_client
 from services.core.settings import Settings
@@ -156,7 +157,7 @@ class Stack(Launcher, JobsApi):
     def http(self) -> requests.Session:
         """A client session carrying whatever every request needs (credentials)."""
         if self._http is None:
-            self._http = requests.Session()
+            self._http = ExpiringSession()
             self._http.headers.update(bearer("admin"))
         return self._http
 

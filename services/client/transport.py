@@ -11,6 +11,7 @@ from typing import Any
 import requests
 
 from services.client.errors import ApiError, ApiUnreachable
+from services.client.session import ExpiringSession
 
 # Methods a server may receive twice with the effect of once: a 503 is retried for them.
 # A POST only with an Idempotency-Key, for a 503 may come after Redis took the job.
@@ -26,8 +27,9 @@ class Transport:
         self.url = url.rstrip("/")
         self.timeout, self.retry_for = timeout, retry_for
         # One session: its connection pool keeps the TCP connection open between calls,
-        # so polling a job costs a request, not a handshake.
-        self.session = requests.Session()
+        # so polling a job costs a request, not a handshake; one left idle is let go
+        # before the server closes it (services/client/session.py).
+        self.session = ExpiringSession()
         self.session.headers["User-Agent"] = "jobrunner-client"
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"

@@ -1,0 +1,50 @@
+"""A keep-alive HTTP session that lets an idle connection go before the server does.
+
+A server closes a kept-alive connection after its own idle timeout (the API's: 75 s,
+api/gunicorn_conf.py; a proxy's in front of it: often 60 s). A client that reuses the
+connection in the same instant sends its request into a socket the server is closing: the
+request is lost with "Remote end closed connection without response", and for a POST the
+client cannot know whether it was taken. requests keeps pooled connections forever, so the
+client must be the one that stops first, as httpx (keepalive_expiry) and Go's net/http
+(IdleConnTimeout) do: a connection idle longer than IDLE_SECONDS is closed, not reused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import requests
+
+# Well below every server's keep-alive the client may meet (the API's 75 s, a proxy's
+# 60 s), and long enough that polling a job never pays a new handshake.
+IDLE_SECONDS = 15.0
+
+
+class ExpiringSession(requests.Session):
+    """A requests.Session whose pooled connections are dropped once the session has been
+    idle for `idle_seconds`, so none is reused after the server may have closed it.
+
+    Idleness is the session's, not each connection's: the pools hand out the most recently
+    returned connection first, so one that sat longer is only taken when several requests
+    run at once, and then the session was not idle."""
+
+    def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
+        super().__init__()
+        self.idle_seconds = idle_seconds
+        self._last_used = time.monotonic()
+        self._lock = threading.Lock()
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            if time.monotonic() - self._last_used > self.idle_seconds:
+                # Closes the connections waiting in the pools; one still carrying a
+                # response is closed when it comes back. The adapters stay usable.
+                for adapter in self.adapters.values():
+                    adapter.close()
+            self._last_used = time.monotonic()
+        try:
+            return super().request(method, url, *args, **kwargs)
+        finally:
+            self._last_used = time.monotonic()
