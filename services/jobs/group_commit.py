@@ -7,13 +7,18 @@ away that is most of a short job's time, and each write also costs a system call
 reply parse of its own. Here a write that finds another batch already on its way joins
 the next one: when the batch in flight comes back, the first of those waiting (the
 leader) sends everything queued meanwhile in one pipeline and hands each caller its own
-answer. Up to `max_in_flight` batches travel at once, so a write waits only when that
-many are already on their way: under light load a batch is a single write, sent at once
-(nothing waits for a timer); under heavy load a batch is as large as the writes that
-arrived meanwhile. (Databases call this group commit; it is how they make many small
-transactions cost one flush.) One batch in flight made a write wait a whole round trip
-for the batch ahead of it: at 2 ms from Redis, 32 threads lost a sixth of their
-throughput that way.
+answer. (Databases call this group commit; it is how they make many small transactions
+cost one flush.) A write that finds nothing on its way is sent at once: nothing waits for
+a timer under light load. One that finds a batch on its way waits for it, and goes with
+the next batch, as long as the batch ahead is worth waiting for:
+
+- with Redis near (recent batches back within NEAR_TRIP_SECONDS), for HOLD_SECONDS at
+  most: then it leaves with the writes queued behind it as a batch of its own. On
+  loopback a batch is back in a fraction of that unless the process is busy, and then
+  sharing batches is what frees it;
+- with Redis far, not at all: it leaves at once while fewer than `max_in_flight` batches
+  travel (one batch at a time made a write wait a whole round trip for the batch ahead:
+  at 2 ms from Redis, 32 threads lost a sixth of their throughput that way).
 
 The pipeline is not a transaction: each script is atomic on its own, as it would be sent
 alone, and an error answers only the write it belongs to. A connection error answers
@@ -32,7 +37,9 @@ are `threading`'s, which a gevent worker's monkey-patching makes cooperative.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +50,22 @@ import redis
 MAX_BATCH = 200
 # Batches on their way at once (each on a connection of its own).
 MAX_IN_FLIGHT = 4
+# With Redis near (below), a write that finds a batch on its way waits for it this long
+# at most before a batch of its own may leave. On loopback a batch is mostly back well
+# within it, unless the process is busy: then its leader waits for the GIL or the gevent
+# hub, and the writes arriving meanwhile are what it pays to share a batch: a threads
+# worker (-c8) made 14.5 Redis commands a no-op job instead of 18.9 and ran 10-34 % more
+# of them; a gevent worker spent 0.92-1.12 ms of CPU on a sleep(0.1) job at -c100
+# instead of 1.17-1.21 (bench/RESULTS.md, "A bounded wait for the batch ahead"). Waiting
+# for the batch ahead without a bound cost that sleep 9 points of ideal instead.
+HOLD_SECONDS = 0.005
+# Redis is near while the fastest round trip of recent batches is below this. Farther,
+# a write would wait a network round trip it can overlap instead (2 ms from Redis, one
+# batch at a time cost 32 threads a sixth of their throughput): it never holds back.
+NEAR_TRIP_SECONDS = 0.001
+# Batches whose fastest trip is the "recent" one: the fastest filters out trips stretched
+# by a busy process, the window lets a Redis that moved be seen within seconds.
+TRIP_WINDOW = 100
 
 
 def _held_lock() -> threading.Lock:
@@ -81,8 +104,16 @@ class GroupCommit:
     client: redis.Redis
     max_batch: int = MAX_BATCH
     max_in_flight: int = MAX_IN_FLIGHT
+    hold: float = HOLD_SECONDS
+    near_trip: float = NEAR_TRIP_SECONDS
     _queue: list[_Write] = field(default_factory=list)
     _in_flight: int = 0
+    _last_departure: float = 0.0  # time.monotonic() when the last batch left
+    # The fastest trip of the last full window of batches, and of the current one. None
+    # measured yet: Redis counts as far.
+    _fastest_trip: float = math.inf
+    _window_fastest: float = math.inf
+    _window_trips: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     batches: int = 0  # pipelines sent, for tests and the bench
     writes: int = 0  # writes sent in them
@@ -100,19 +131,24 @@ class GroupCommit:
     def run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """`script(keys, args)`'s answer, sent with whatever other writes are waiting."""
         write = _Write(script, keys, args)
+        hold = self.hold if self.redis_is_near() else 0.0
         with self._lock:
-            if self._in_flight < self.max_in_flight:
-                # Its own write first, then the oldest of those waiting.
-                self._in_flight += 1
-                write.batch = [write, *self._take(self.max_batch - 1)]
+            now = time.monotonic()
+            if self._in_flight == 0 or (
+                self._in_flight < self.max_in_flight and now - self._last_departure >= hold
+            ):
+                self._depart(write, now)
+                first_waiting = False
             else:
                 self._queue.append(write)
+                first_waiting = len(self._queue) == 1
         if write.batch is None:
             # Each waiting write is woken once, by the batch that answered it or to send
             # the next batch itself. (A condition notified on every answer woke all the
             # waiting writes each time: a fifth of a gevent worker's CPU at 100 slots.)
             try:
-                write.wait()
+                if not (first_waiting and self._hold_back(write, hold)):
+                    write.wait()
             except BaseException:  # a killed greenlet, an interrupt: never strand others
                 self._abandon(write)
                 raise
@@ -121,6 +157,33 @@ class GroupCommit:
         if write.error is not None:
             raise write.error
         return write.answer
+
+    def _depart(self, write: _Write, now: float) -> None:
+        """Under the lock: `write` leads a batch of its own: itself first, then the oldest
+        of those waiting."""
+        self._in_flight += 1
+        self._last_departure = now
+        write.batch = [write, *self._take(self.max_batch - 1)]
+
+    def redis_is_near(self) -> bool:
+        """Whether recent batches came back faster than `near_trip` (see NEAR_TRIP_SECONDS)."""
+        return min(self._fastest_trip, self._window_fastest) < self.near_trip
+
+    def _hold_back(self, write: _Write, hold: float) -> bool:
+        """`write`, first in the queue, waits until `hold` since the last departure is
+        over: True if it was woken meanwhile (answered, or handed the next batch), or
+        leaves then with the queue as a batch of its own; False if it must wait on."""
+        left = self._last_departure + hold - time.monotonic()
+        if write._wake.acquire(timeout=max(0.0, left)):
+            return True
+        with self._lock:
+            if write.batch is not None or write not in self._queue:
+                return False  # handed a batch, or taken into one: its wake is coming
+            if self._in_flight >= self.max_in_flight:
+                return False  # the first batch to come back hands it on
+            self._queue.remove(write)
+            self._depart(write, time.monotonic())
+            return True
 
     def _take(self, count: int) -> list[_Write]:
         taken, self._queue = self._queue[:count], self._queue[count:]
@@ -150,6 +213,7 @@ class GroupCommit:
             self._in_flight -= 1
             return None
         live[0].batch = live
+        self._last_departure = time.monotonic()
         return live[0]
 
     def _abandon(self, write: _Write) -> None:
@@ -175,8 +239,10 @@ class GroupCommit:
         pipe = self.client.pipeline(transaction=False)
         for script, keys, args, _ in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
+        sent = time.monotonic()
         try:
             answers: list[Any] = pipe.execute(raise_on_error=False)
+            self._note_trip(time.monotonic() - sent)
         except BaseException as exc:  # a connection error: every write of the batch has it
             for write in batch:
                 write.error = exc
@@ -203,6 +269,15 @@ class GroupCommit:
                         write.error = redis.ResponseError(own[1])
                     else:
                         write.answer = own
+
+    def _note_trip(self, trip: float) -> None:
+        # Unlocked: two batches noting at once may lose one trip of the window, harmless.
+        self._window_fastest = min(self._window_fastest, trip)
+        self._window_trips += 1
+        if self._window_trips >= TRIP_WINDOW:
+            self._fastest_trip, self._window_fastest, self._window_trips = (
+                self._window_fastest, math.inf, 0,
+            )  # fmt: skip
 
     def _calls(self, batch: list[_Write]) -> list[tuple[Any, list[str], list[Any], list[_Write]]]:
         """The calls that send `batch`: (script, keys, args, the writes it answers). The

@@ -148,3 +148,67 @@ def test_a_killed_greenlet_strands_no_other_write(server: RedisServer) -> None:
     # another killed write in it (which must not be handed the batch in turn).
     assert seen["handed_over"] >= 1 and seen["past_the_dead"] >= 1, seen
     assert seen["lost"] == 0 and seen["answered"] == seen["expected"], seen
+
+
+class PeakWatched(GroupCommit):
+    """Notes the most batches it ever had on their way at once."""
+
+    peak = 0
+
+    def _depart(self, write, now):  # type: ignore[no-untyped-def]
+        super()._depart(write, now)
+        self.peak = max(self.peak, self._in_flight)
+
+
+SLOW_MS = 50  # each way: a round trip of 100 ms, far longer than the threads take to start
+SLOW_TRIP = 2 * SLOW_MS / 1000
+
+
+def peak_in_flight(client: redis.Redis, hold: float, near_trip: float) -> int:
+    """Forty writes at once through a group whose one earlier batch measured the trip:
+    the most batches on their way together."""
+    script = client.register_script(INCR_BY)
+    group = PeakWatched(client, hold=hold, near_trip=near_trip)
+    group.run(script, ["gc:warm"], [1])  # loads the script, measures a trip
+    group.peak = 0
+    start = threading.Barrier(40)
+
+    def write(n: int) -> None:
+        start.wait()
+        group.run(script, [f"gc:hold:{n}"], [n])
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert group.writes == 41
+    return group.peak
+
+
+def test_writes_behind_a_batch_wait_at_most_the_hold_then_leave_on_their_own(
+    module_server: RedisServer,
+) -> None:
+    """Forty writes at once: the first leaves, the rest wait for it. With a hold longer
+    than its trip they leave when it comes back (one batch ever on its way); with a hold
+    a quarter of the trip they leave when the hold is over, while it still travels. Redis
+    counts as near here (`near_trip` above the trip)."""
+    target = ("127.0.0.1", module_server.port)
+    with DelayProxy(("127.0.0.1", 0), target, delay_ms=SLOW_MS) as proxy:
+        client = redis.Redis(*proxy.address, decode_responses=True)
+        long_hold = peak_in_flight(client, hold=20 * SLOW_TRIP, near_trip=10 * SLOW_TRIP)
+        short_hold = peak_in_flight(client, hold=SLOW_TRIP / 4, near_trip=10 * SLOW_TRIP)
+        client.close()
+    assert long_hold == 1, (long_hold, short_hold)
+    assert short_hold >= 2, (long_hold, short_hold)
+
+
+def test_writes_never_hold_back_when_redis_is_far(module_server: RedisServer) -> None:
+    """The same forty writes with the same long hold, but the trip measured longer than
+    what counts as near: each leaves at once while fewer than four batches travel."""
+    target = ("127.0.0.1", module_server.port)
+    with DelayProxy(("127.0.0.1", 0), target, delay_ms=SLOW_MS) as proxy:
+        client = redis.Redis(*proxy.address, decode_responses=True)
+        peak = peak_in_flight(client, hold=20 * SLOW_TRIP, near_trip=SLOW_TRIP / 10)
+        client.close()
+    assert peak == GroupCommit.max_in_flight, peak
