@@ -31,6 +31,7 @@ Printed, never asserted: these machines are shared; compare medians of alternati
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         "--by-command", action="store_true", help="also print Redis commands per job by name"
     )
     args = parser.parse_args(argv)
-    stack = BenchStack(Path(tempfile.mkdtemp(prefix="jobrunner-pool-run-")))
+    workdir = Path(tempfile.mkdtemp(prefix="jobrunner-pool-run-"))
+    stack = BenchStack(workdir)
     stack.overrides["WORKER_LOGLEVEL"] = args.loglevel
     try:
         stack.start_redis(fsync="everysec")
@@ -185,8 +187,12 @@ def main(argv: list[str] | None = None) -> None:
             if args.by_command:
                 shown = sorted((runs[-1].by_command or {}).items(), key=lambda kv: -kv[1])
                 print("  " + ", ".join(f"{name} {n:.2f}" for name, n in shown), flush=True)
+    except BaseException:
+        print(f"logs in {workdir}", flush=True)  # kept to read what went wrong
+        raise
     finally:
         stack.stop()
+    shutil.rmtree(workdir, ignore_errors=True)  # a run that worked leaves nothing behind
     median = PoolRun(*(statistics.median(getattr(r, f) or 0 for r in runs) for f in (
         "jobs_per_second", "share_of_ideal", "worker_cpu_ms", "run_overhead_ms",
         "refill_gap_ms", "redis_commands", "first_start_ms", "submitting_ms",

@@ -4,6 +4,7 @@ bench's business)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -12,13 +13,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_pool_run_reports_every_figure_for_each_repetition() -> None:
+def test_a_pool_run_reports_every_figure_for_each_repetition(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.pool_run", "--pool", "threads", "--concurrency", "4",
          "--workload", "sleep", "--jobs", "40", "--reps", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    # Its stack's folder (Redis's data, the logs) goes once the run has worked.
+    assert not list(tmp_path.glob("jobrunner-pool-run-*")), list(tmp_path.iterdir())
     lines = run.stdout.strip().splitlines()
     figures = re.compile(
         r"([\d,]+) jobs/s, (\d+)% of ideal, worker CPU ([\d.]+) ms/job, run beyond the "
