@@ -54,7 +54,7 @@ MAX_IN_FLIGHT = 4
 # at most before a batch of its own may leave. On loopback a batch is mostly back well
 # within it, unless the process is busy: then its leader waits for the GIL or the gevent
 # hub, and the writes arriving meanwhile are what it pays to share a batch: a threads
-# worker (-c8) made 14.5 Redis commands a no-op job instead of 18.9 and ran 10-34 % more
+# worker (-c8) made 14.5 Redis commands a no-op job instead of 18.9 and ran 6-34 % more
 # of them; a gevent worker spent 0.92-1.12 ms of CPU on a sleep(0.1) job at -c100
 # instead of 1.17-1.21 (bench/RESULTS.md, "A bounded wait for the batch ahead"). Waiting
 # for the batch ahead without a bound cost that sleep 9 points of ideal instead.
@@ -63,8 +63,9 @@ HOLD_SECONDS = 0.005
 # a write would wait a network round trip it can overlap instead (2 ms from Redis, one
 # batch at a time cost 32 threads a sixth of their throughput): it never holds back.
 NEAR_TRIP_SECONDS = 0.001
-# Batches whose fastest trip is the "recent" one: the fastest filters out trips stretched
-# by a busy process, the window lets a Redis that moved be seen within seconds.
+# Batches to a window. "Recent" is the last full window and the current one; their
+# fastest trip, not a mean, because a busy process stretches trips but never shortens
+# them; windows, so that a Redis that moved is seen within a few hundred batches.
 TRIP_WINDOW = 100
 
 
@@ -109,8 +110,8 @@ class GroupCommit:
     _queue: list[_Write] = field(default_factory=list)
     _in_flight: int = 0
     _last_departure: float = 0.0  # time.monotonic() when the last batch left
-    # The fastest trip of the last full window of batches, and of the current one. None
-    # measured yet: Redis counts as far.
+    # The fastest trip of the last full window of batches, and of the current one; with
+    # nothing measured yet (inf), Redis counts as far.
     _fastest_trip: float = math.inf
     _window_fastest: float = math.inf
     _window_trips: int = 0
