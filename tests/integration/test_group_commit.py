@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import redis
 
 from services.devstack.delay_proxy import DelayProxy
@@ -98,6 +99,13 @@ from services.jobs.group_commit import GroupCommit
 class Watched(GroupCommit):
     handed_over = 0  # a killed write had been handed a batch to send
     past_the_dead = 0  # ...one holding another write whose caller had left too
+    held_back = 0  # a killed write was first in the queue, waiting out the hold
+    def _hold_back(self, write, hold):
+        try:
+            return super()._hold_back(write, hold)
+        except BaseException:
+            Watched.held_back += 1
+            raise
     def _abandon(self, write):
         if write.batch is not None:
             Watched.handed_over += 1
@@ -107,12 +115,17 @@ class Watched(GroupCommit):
 
 client = redis.Redis(port=int(sys.argv[1]), decode_responses=True)
 round_trip = float(sys.argv[2]) / 1000  # seconds
+hold, near_trip, max_in_flight = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
 random.seed(7)
 rounds = answered = lost = 0
-while (Watched.handed_over == 0 or Watched.past_the_dead == 0) and rounds < 500:
+held_back_needed = hold > 0 and near_trip > round_trip
+while (Watched.handed_over == 0 or Watched.past_the_dead == 0
+       or (held_back_needed and Watched.held_back == 0)) and rounds < 500:
     rounds += 1
-    group = Watched(client, max_in_flight=1, max_batch=5)
+    group = Watched(client, max_in_flight=max_in_flight, max_batch=5, hold=hold,
+                    near_trip=near_trip)
+    group.run(script, [f"k:{rounds}:warm"], [1])  # a trip measured: near or far is known
     greenlets = [gevent.spawn(group.run, script, [f"k:{rounds}:{n}"], [n]) for n in range(40)]
     gevent.sleep(random.uniform(0, 0.01))
     victims = random.sample(greenlets, 8)
@@ -128,7 +141,7 @@ while (Watched.handed_over == 0 or Watched.past_the_dead == 0) and rounds < 500:
     lost += sum(1 for g in survivors if not g.ready())
     assert group._in_flight == 0 and not group._queue, (group._in_flight, len(group._queue))
 print(json.dumps({"rounds": rounds, "handed_over": Watched.handed_over,
-                  "past_the_dead": Watched.past_the_dead,
+                  "past_the_dead": Watched.past_the_dead, "held_back": Watched.held_back,
                   "answered": answered, "lost": lost, "expected": rounds * 32}))
 """
 
@@ -136,17 +149,34 @@ print(json.dumps({"rounds": rounds, "handed_over": Watched.handed_over,
 DELAY_MS = 1  # each way: a round trip of 2 ms
 
 
-def test_a_killed_greenlet_strands_no_other_write(server: RedisServer) -> None:
+@pytest.mark.parametrize(
+    ("hold", "near_trip", "max_in_flight"),
+    [
+        # Redis counts as far: no write holds back, one batch at a time.
+        (0.005, 0.001, 1),
+        # Redis counts as near, with a hold half the trip: the first waiting write waits
+        # out the hold, and leaves on its own while a second batch may travel.
+        (0.001, 1.0, 2),
+    ],
+    ids=["far", "near"],
+)
+def test_a_killed_greenlet_strands_no_other_write(
+    server: RedisServer, hold: float, near_trip: float, max_in_flight: int
+) -> None:
     with DelayProxy(("127.0.0.1", 0), ("127.0.0.1", server.port), delay_ms=DELAY_MS) as proxy:
         run = subprocess.run(
-            [sys.executable, "-c", KILLED_WHILE_WAITING, str(proxy.address[1]), str(2 * DELAY_MS)],
+            [sys.executable, "-c", KILLED_WHILE_WAITING, str(proxy.address[1]), str(2 * DELAY_MS),
+             str(hold), str(near_trip), str(max_in_flight)],
             cwd=ROOT, capture_output=True, text=True, timeout=240,
         )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     # The cases under test happened: a killed write had been handed a batch, once with
-    # another killed write in it (which must not be handed the batch in turn).
+    # another killed write in it (which must not be handed the batch in turn); near, one
+    # was killed while it waited out the hold.
     assert seen["handed_over"] >= 1 and seen["past_the_dead"] >= 1, seen
+    if near_trip > 2 * DELAY_MS / 1000:
+        assert seen["held_back"] >= 1, seen
     assert seen["lost"] == 0 and seen["answered"] == seen["expected"], seen
 
 
