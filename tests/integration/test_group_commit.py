@@ -127,7 +127,10 @@ while (Watched.handed_over == 0 or Watched.past_the_dead == 0
                     near_trip=near_trip)
     group.run(script, [f"k:{rounds}:warm"], [1])  # a trip measured: near or far is known
     greenlets = [gevent.spawn(group.run, script, [f"k:{rounds}:{n}"], [n]) for n in range(40)]
-    gevent.sleep(random.uniform(0, 0.01))
+    # Killed at a random moment; near, every other round within the hold, while the
+    # first waiting write waits it out (timers fire by deadline, so load cannot reorder).
+    within_hold = held_back_needed and rounds % 2
+    gevent.sleep(random.uniform(0, hold if within_hold else 0.01))
     victims = random.sample(greenlets, 8)
     gevent.killall(victims, block=True)
     survivors = [g for g in greenlets if g not in victims]
