@@ -91,8 +91,9 @@ class _Write:
     # from birth is the cheapest one-shot wake there is, for threads and greenlets alike.
     _wake: threading.Lock = field(default_factory=_held_lock)
 
-    def wait(self) -> None:
-        self._wake.acquire()
+    def wait(self, timeout: float = -1) -> bool:
+        """Until woken (True), or `timeout` seconds at most when given (False: not woken)."""
+        return self._wake.acquire(timeout=timeout)
 
     def wake(self) -> None:
         self._wake.release()
@@ -175,7 +176,7 @@ class GroupCommit:
         over: True if it was woken meanwhile (answered, or handed the next batch), or
         leaves then with the queue as a batch of its own; False if it must wait on."""
         left = self._last_departure + hold - time.monotonic()
-        if write._wake.acquire(timeout=max(0.0, left)):
+        if write.wait(timeout=max(0.0, left)):
             return True
         with self._lock:
             if write.batch is not None or write not in self._queue:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,18 @@ SLOW_MS = 50  # each way: a round trip of 100 ms, far longer than the threads ta
 SLOW_TRIP = 2 * SLOW_MS / 1000
 
 
+@pytest.fixture
+def slow_redis(module_server: RedisServer) -> Iterator[redis.Redis]:
+    """The module's server, SLOW_MS away each way."""
+    target = ("127.0.0.1", module_server.port)
+    with DelayProxy(("127.0.0.1", 0), target, delay_ms=SLOW_MS) as proxy:
+        client = redis.Redis(*proxy.address, decode_responses=True)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
 def peak_in_flight(client: redis.Redis, hold: float, near_trip: float) -> int:
     """Forty writes at once through a group whose one earlier batch measured the trip:
     the most batches on their way together."""
@@ -220,28 +233,20 @@ def peak_in_flight(client: redis.Redis, hold: float, near_trip: float) -> int:
 
 
 def test_writes_behind_a_batch_wait_at_most_the_hold_then_leave_on_their_own(
-    module_server: RedisServer,
+    slow_redis: redis.Redis,
 ) -> None:
     """Forty writes at once: the first leaves, the rest wait for it. With a hold longer
     than its trip they leave when it comes back (one batch ever on its way); with a hold
     a quarter of the trip they leave when the hold is over, while it still travels. Redis
     counts as near here (`near_trip` above the trip)."""
-    target = ("127.0.0.1", module_server.port)
-    with DelayProxy(("127.0.0.1", 0), target, delay_ms=SLOW_MS) as proxy:
-        client = redis.Redis(*proxy.address, decode_responses=True)
-        long_hold = peak_in_flight(client, hold=20 * SLOW_TRIP, near_trip=10 * SLOW_TRIP)
-        short_hold = peak_in_flight(client, hold=SLOW_TRIP / 4, near_trip=10 * SLOW_TRIP)
-        client.close()
+    long_hold = peak_in_flight(slow_redis, hold=20 * SLOW_TRIP, near_trip=10 * SLOW_TRIP)
+    short_hold = peak_in_flight(slow_redis, hold=SLOW_TRIP / 4, near_trip=10 * SLOW_TRIP)
     assert long_hold == 1, (long_hold, short_hold)
     assert short_hold >= 2, (long_hold, short_hold)
 
 
-def test_writes_never_hold_back_when_redis_is_far(module_server: RedisServer) -> None:
+def test_writes_never_hold_back_when_redis_is_far(slow_redis: redis.Redis) -> None:
     """The same forty writes with the same long hold, but the trip measured longer than
     what counts as near: each leaves at once while fewer than four batches travel."""
-    target = ("127.0.0.1", module_server.port)
-    with DelayProxy(("127.0.0.1", 0), target, delay_ms=SLOW_MS) as proxy:
-        client = redis.Redis(*proxy.address, decode_responses=True)
-        peak = peak_in_flight(client, hold=20 * SLOW_TRIP, near_trip=SLOW_TRIP / 10)
-        client.close()
+    peak = peak_in_flight(slow_redis, hold=20 * SLOW_TRIP, near_trip=SLOW_TRIP / 10)
     assert peak == GroupCommit.max_in_flight, peak
