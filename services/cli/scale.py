@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,9 +59,15 @@ def scale_stack(workers: int, pools: list[str]) -> Iterator[Client]:
         raise ApiError(f"the local stack did not start: {exc}") from None
     try:
         yield Client(launcher.api_url, key=key)
-    finally:
-        # As make run stops: the workers' own grace first, so nothing is killed mid-job.
+    except BaseException:
+        # Kept, with the processes' logs, to read what went wrong.
         launcher.stop(get_settings().job_shutdown_grace + 10)
+        print(f"the stack's logs: {folder}", file=sys.stderr)
+        raise
+    # As make run stops: the workers' own grace first, so nothing is killed mid-job. A
+    # sweep that worked leaves no folder behind (its Redis files, the processes' logs).
+    launcher.stop(get_settings().job_shutdown_grace + 10)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def sweep(

@@ -16,9 +16,16 @@ from tests.stack import TEST_KEYS, Stack
 
 
 def cli(
-    stack: Stack | None, *args: str, url: str | None = None, columns: int = 200
+    stack: Stack | None,
+    *args: str,
+    url: str | None = None,
+    columns: int = 200,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JOBRUNNER_API_KEY": TEST_KEYS["admin"][1], "COLUMNS": str(columns)}
+    env = {
+        **os.environ, "JOBRUNNER_API_KEY": TEST_KEYS["admin"][1], "COLUMNS": str(columns),
+        **(extra_env or {}),
+    }  # fmt: skip
     api = url or (stack.url if stack else "")
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args, "--api", api],
@@ -156,8 +163,11 @@ def test_compare_scale_sweeps_private_stacks_without_an_api(tmp_path: Path) -> N
     answer = cli(
         None, "compare", "noop", "--count", "20", "--pools", "threads,gevent",
         "--scale", "1,2", "--out", str(out), url="http://127.0.0.1:9",
+        extra_env={"TMPDIR": str(tmp_path)},
     )  # fmt: skip
     assert answer.returncode == 0, answer.stderr + answer.stdout
+    # Each stack's folder (Redis's files, the processes' logs) goes once its run worked.
+    assert not list(tmp_path.glob("jobrunner-scale*")), list(tmp_path.iterdir())
     throughput = json.loads((out / "scale.json").read_text())
     assert set(throughput) == {"threads", "gevent"}
     for pool, by_workers in throughput.items():
