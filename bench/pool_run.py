@@ -25,6 +25,9 @@ prints, per repetition:
   submissions themselves took (the API accepting each batch): time in the span that no
   worker can use.
 
+and after the last, the worker's memory per slot: the PSS of its processes (pages prefork
+pool processes share counted once), as `make bench` reports it.
+
 Printed, never asserted: these machines are shared; compare medians of alternating runs.
 """
 
@@ -40,7 +43,7 @@ from pathlib import Path
 
 import redis
 
-from bench.harness import BenchStack
+from bench.harness import BenchStack, memory_per_slot
 from bench.peers.driver import command_counts
 from bench.peers.runner import tree_cpu_seconds
 from services.core import redis_keys
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.by_command:
                 shown = sorted((runs[-1].by_command or {}).items(), key=lambda kv: -kv[1])
                 print("  " + ", ".join(f"{name} {n:.2f}" for name, n in shown), flush=True)
+        memory = memory_per_slot(managed, args.concurrency)
     except BaseException:
         print(f"logs in {workdir}", flush=True)  # kept to read what went wrong
         raise
@@ -199,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     )))  # fmt: skip
     print(f"{args.pool} -c{args.concurrency}, {args.jobs:,} x {args.workload}, medians of "
           f"{args.reps}: {median.line()}")  # fmt: skip
+    print(f"worker memory after the runs: {memory:.2f} MiB per slot (PSS)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ app = get_celery()
 app.conf.worker_soft_shutdown_timeout = get_settings().job_shutdown_grace
 
 # Registers the task on `app`.
+import worker.collector  # noqa: E402  (frozen start-up objects)
 import worker.experiments  # noqa: E402
 import worker.reconciler  # noqa: E402
 import worker.self_report  # noqa: E402  (its remote-control commands)

@@ -38,4 +38,7 @@ def test_a_pool_run_reports_every_figure_for_each_repetition(tmp_path: Path) -> 
         assert abs(share - rate / 40 * 100) <= 1
         assert float(match.group(3)) > 0  # the worker did spend CPU on them
         assert float(match.group(6)) > 1  # a job is stored, queued, claimed and recorded
-    assert lines[-1].startswith("threads -c4, 40 x sleep, medians of 2:"), run.stdout
+    assert lines[-2].startswith("threads -c4, 40 x sleep, medians of 2:"), run.stdout
+    memory = re.fullmatch(r"worker memory after the runs: ([\d.]+) MiB per slot \(PSS\)", lines[-1])
+    # A worker process is tens of MiB, over four slots: a few MiB each, never nothing.
+    assert memory and 1 < float(memory.group(1)) < 200, run.stdout
