@@ -9,7 +9,9 @@ directly only to check what is stored.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -174,6 +176,14 @@ class Stack(Launcher, JobsApi):
     def redis(self) -> redis.Redis:
         assert self.redis_url is not None
         return redis_client(self.redis_url, settings=self.settings())
+
+
+def workload_module(folder: Path, module: str, source: str) -> dict[str, str]:
+    """Write `module` into `folder`; the environment under which the stack's processes
+    (and the process pools they spawn) load its workloads."""
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    return {"JOBRUNNER_WORKLOADS": module, "PYTHONPATH": path}
 
 
 def makespan(records: list[dict]) -> float:

@@ -7,15 +7,12 @@ refused an async workload before anything runs.
 
 from __future__ import annotations
 
-import os
-import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_experiments import check_consistent, run_experiment
-from tests.stack import Stack
+from tests.stack import Stack, workload_module
 
 MODULE = "lab_user_jobs"
 SOURCE = '''
@@ -49,14 +46,6 @@ SOURCE = '''
             spins += 1
         return spins
 '''
-
-
-def workload_module(folder: Path, module: str, source: str) -> dict[str, str]:
-    """Write `module` into `folder`; the environment under which the stack's processes
-    (and the process pools they spawn) load its workloads."""
-    (folder / f"{module}.py").write_text(textwrap.dedent(source))
-    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
-    return {"JOBRUNNER_WORKLOADS": module, "PYTHONPATH": path}
 
 
 @pytest.fixture(scope="module")
