@@ -34,12 +34,9 @@ Printed, never asserted: these machines are shared; compare medians of alternati
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 
@@ -49,6 +46,7 @@ from bench.peers.runner import tree_cpu_seconds
 from services.core import redis_keys
 from services.core.redis_clients import redis_client
 from services.devstack.probes import pool_workers_probe
+from services.devstack.scratch import scratch_folder
 
 SLEEP_SECONDS = 0.1
 BATCH = 1_000
@@ -171,32 +169,29 @@ def main(argv: list[str] | None = None) -> None:
         "--by-command", action="store_true", help="also print Redis commands per job by name"
     )
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="jobrunner-pool-run-"))
-    stack = BenchStack(workdir)
-    stack.overrides["WORKER_LOGLEVEL"] = args.loglevel
-    try:
-        stack.start_redis(fsync="everysec")
-        stack.start_api(host="127.0.0.1", port=stack.api_port)
-        stack.wait_api_ready()
-        managed = stack.start_worker(args.pool, args.concurrency)
-        key = stack.http.headers["Authorization"].removeprefix("Bearer ")
-        stack.wait_workers_ready(pool_workers_probe(stack.url, key))
-        assert stack.redis_server is not None
-        client = redis_client(stack.redis_server.url)
-        runs = []
-        for rep in range(args.reps):
-            runs.append(one_run(stack, client, managed.pid, args))
-            print(f"rep {rep}: {runs[-1].line()}", flush=True)
-            if args.by_command:
-                shown = sorted((runs[-1].by_command or {}).items(), key=lambda kv: -kv[1])
-                print("  " + ", ".join(f"{name} {n:.2f}" for name, n in shown), flush=True)
-        memory = memory_per_slot(managed, args.concurrency)
-    except BaseException:
-        print(f"logs in {workdir}", flush=True)  # kept to read what went wrong
-        raise
-    finally:
-        stack.stop()
-    shutil.rmtree(workdir, ignore_errors=True)  # a run that worked leaves nothing behind
+    # A run that worked leaves nothing behind; one that failed keeps its logs, and says where.
+    with scratch_folder("jobrunner-pool-run-") as workdir:
+        stack = BenchStack(workdir)
+        stack.overrides["WORKER_LOGLEVEL"] = args.loglevel
+        try:
+            stack.start_redis(fsync="everysec")
+            stack.start_api(host="127.0.0.1", port=stack.api_port)
+            stack.wait_api_ready()
+            managed = stack.start_worker(args.pool, args.concurrency)
+            key = stack.http.headers["Authorization"].removeprefix("Bearer ")
+            stack.wait_workers_ready(pool_workers_probe(stack.url, key))
+            assert stack.redis_server is not None
+            client = redis_client(stack.redis_server.url)
+            runs = []
+            for rep in range(args.reps):
+                runs.append(one_run(stack, client, managed.pid, args))
+                print(f"rep {rep}: {runs[-1].line()}", flush=True)
+                if args.by_command:
+                    shown = sorted((runs[-1].by_command or {}).items(), key=lambda kv: -kv[1])
+                    print("  " + ", ".join(f"{name} {n:.2f}" for name, n in shown), flush=True)
+            memory = memory_per_slot(managed, args.concurrency)
+        finally:
+            stack.stop()
     median = PoolRun(*(statistics.median(getattr(r, f) or 0 for r in runs) for f in (
         "jobs_per_second", "share_of_ideal", "worker_cpu_ms", "run_overhead_ms",
         "refill_gap_ms", "redis_commands", "first_start_ms", "submitting_ms",

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +21,7 @@ from services.core.settings import get_settings
 from services.devstack.launcher import Launcher, LaunchError
 from services.devstack.probes import pool_workers_probe
 from services.devstack.redis_server import free_port
+from services.devstack.scratch import scratch_folder
 
 RunExperiment = Callable[[Client, dict[str, Any]], dict[str, Any]]
 
@@ -34,40 +32,34 @@ PRIVATE = ("REDIS_URL", "JOBRUNNER_API_KEYS", "JOBRUNNER_AUTH", "API_HOST", "API
 @contextmanager
 def scale_stack(workers: int, pools: list[str]) -> Iterator[Client]:
     """A stack with `workers` processes of each swept pool (none of the others, which would
-    only compete for the cores), its own Redis, key and port, in a folder of its own; a
-    client of it while the block runs."""
-    folder = Path(tempfile.mkdtemp(prefix=f"jobrunner-scale{workers}-"))
-    key = new_key()
-    env = {k: v for k, v in os.environ.items() if k not in PRIVATE}
-    launcher = Launcher(
-        folder, overrides={"JOBRUNNER_API_KEYS": f"sweep:read+submit+admin:{hash_key(key)}"},
-        base_env=env,
-    )  # fmt: skip
-    try:
-        launcher.start_redis()
-        launcher.start_api(host="127.0.0.1", port=free_port())
-        launcher.start(launcher.worker_process("experiments"))
-        for pool in pools:
-            for _ in range(workers):
-                launcher.start_worker(pool)
-        launcher.wait_api_ready(120)
-        # The lab refuses an experiment on a pool that no live worker serves yet.
-        probe = pool_workers_probe(launcher.api_url, key)
-        launcher.wait_workers_ready(probe, timeout=120, pools=set(pools))
-    except LaunchError as exc:
-        launcher.stop()
-        raise ApiError(f"the local stack did not start: {exc}") from None
-    try:
-        yield Client(launcher.api_url, key=key)
-    except BaseException:
-        # Kept, with the processes' logs, to read what went wrong.
-        launcher.stop(get_settings().job_shutdown_grace + 10)
-        print(f"the stack's logs: {folder}", file=sys.stderr)
-        raise
-    # As make run stops: the workers' own grace first, so nothing is killed mid-job. A
-    # sweep that worked leaves no folder behind (its Redis files, the processes' logs).
-    launcher.stop(get_settings().job_shutdown_grace + 10)
-    shutil.rmtree(folder, ignore_errors=True)
+    only compete for the cores), its own Redis, key and port, in a folder of its own that
+    goes once the run worked; a client of it while the block runs."""
+    with scratch_folder(f"jobrunner-scale{workers}-") as folder:
+        key = new_key()
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE}
+        launcher = Launcher(
+            folder, overrides={"JOBRUNNER_API_KEYS": f"sweep:read+submit+admin:{hash_key(key)}"},
+            base_env=env,
+        )  # fmt: skip
+        try:
+            launcher.start_redis()
+            launcher.start_api(host="127.0.0.1", port=free_port())
+            launcher.start(launcher.worker_process("experiments"))
+            for pool in pools:
+                for _ in range(workers):
+                    launcher.start_worker(pool)
+            launcher.wait_api_ready(120)
+            # The lab refuses an experiment on a pool that no live worker serves yet.
+            probe = pool_workers_probe(launcher.api_url, key)
+            launcher.wait_workers_ready(probe, timeout=120, pools=set(pools))
+        except LaunchError as exc:
+            launcher.stop()
+            raise ApiError(f"the local stack did not start: {exc}") from None
+        try:
+            yield Client(launcher.api_url, key=key)
+        finally:
+            # As make run stops: the workers' own grace first, so nothing is killed mid-job.
+            launcher.stop(get_settings().job_shutdown_grace + 10)
 
 
 def sweep(
