@@ -78,6 +78,10 @@ class Figure:
 
 
 ASYNC_KINDS = {"taskiq": "asyncio", "arq": "asyncio", "rq": "processes"}
+# The figures' titles: the headings of their tables in a run's record, which
+# bench/peers/chart.py reads back.
+NOOP_TITLE = "no-op, enqueue -> result stored and read back"
+SLEEP100_TITLE = "sleep(0.1) at concurrency 100"
 
 
 def figures(libraries: list[str]) -> list[Figure]:
@@ -97,9 +101,9 @@ def figures(libraries: list[str]) -> list[Figure]:
     ]
     sleep500 = [jobrunner_system(p, 500, (ONE, BULK)) for p in ("gevent", "threads")] if jr else []
     return [
-        Figure("noop", "no-op, enqueue -> result stored and read back", "noop",
+        Figure("noop", NOOP_TITLE, "noop",
                {False: 5_000, True: 600}, tuple(noop)),
-        Figure("sleep100", "sleep(0.1) at concurrency 100", "sleep",
+        Figure("sleep100", SLEEP100_TITLE, "sleep",
                {False: 2_000, True: 600}, tuple(sleep100)),
         Figure("sleep500", "sleep(0.1) at concurrency 500", "sleep",
                {False: 2_000, True: 1_000}, tuple(sleep500)),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.peers import ceiling, profile, scale
+from bench.peers import ceiling, chart, profile, scale
 from bench.peers.figures import (
     BULK,
     CALLS,
@@ -139,7 +139,15 @@ def bench_peers(b: Any) -> None:
         if run.figure.name == "noop":
             parts.append(f"Redis commands per job, by command:\n\n{commands_table(run)}\n")
         parts.append(f"Every repetition:\n\n```\n{repetitions(run)}\n```\n")
-    SESSION.sections.append("\n".join(parts))
+    section = "\n".join(parts)
+    if any(run.figure.name == "noop" for run in runs) and any(
+        run.figure.name == "sleep100" for run in runs
+    ):
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+        title = f"jobrunner beside the other Python job queues ({stamp} UTC, medians of {REPS})"
+        drawn = chart.draw_run(section, OUT / "peers.png", title)
+        section += f"\nChart: {drawn}\n"
+    SESSION.sections.append(section)
 
 
 def run_peers(peers: Peers, runs: list[FigureRun], quick: bool) -> None:

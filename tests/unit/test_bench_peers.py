@@ -16,11 +16,13 @@ import psutil
 import pytest
 import redis
 
-from bench.peers import driver, profile, scale, venvs
+from bench.peers import chart, driver, profile, scale, venvs
 from bench.peers.figures import (
     BULK,
     CLIENT,
+    NOOP_TITLE,
     ONE,
+    SLEEP100_TITLE,
     Figure,
     FigureRun,
     best_peer,
@@ -357,3 +359,39 @@ def test_the_profile_sums_samples_by_owner_and_function() -> None:
     text = profile.markdown("gevent", summary, user_ms=0.5, system_ms=0.2)
     assert "| kombu | 60.0 % | 0.300 |" in text and "(100 samples)" in text
     assert "0.500 ms user + 0.200 ms system" in text
+
+
+def test_the_peers_chart_is_drawn_from_the_runs_own_tables(tmp_path: Path) -> None:
+    gevent = jobrunner_system("gevent", 100, (ONE, BULK))
+    dramatiq = System("dramatiq", "threads", 100, (ONE, BULK))
+    sleep100 = Figure("sleep100", "sleep", "sleep", {False: 2_000, True: 600}, (gevent, dramatiq))
+    slept = FigureRun(sleep100, n_used={gevent.key: 2_000, dramatiq.key: 2_000})
+    slept.samples = [
+        sample(gevent, ONE, 880), sample(gevent, BULK, 950), sample(dramatiq, ONE, 930)
+    ]  # fmt: skip
+    # As bench/peers/steps.py writes a run's record, other sections in between.
+    record = (
+        f"### {NOOP_TITLE}\n\n{summary_table(noop_run())}\n\nEvery repetition:\n\n```\n```\n\n"
+        f"### {SLEEP100_TITLE}\n\n{summary_table(slept)}\n"
+    )
+    noop = chart.read_bars(record, NOOP_TITLE, "jobs/s (median)")
+    assert chart.Bar("jobrunner threads -c8", "one by one", 901.0) in noop  # POST /jobs...
+    assert all(bar.value != 600 for bar in noop)  # ...not Client.submit, as the targets
+    assert chart.Bar("jobrunner threads -c8", "bulk", 3_000.0) in noop
+    # The target lines: arq, without a bulk path, stands in bulk with its one-by-one runs.
+    assert chart.best_peer(noop, "one by one") == 2_500 == chart.best_peer(noop, "bulk")
+    shares = chart.read_bars(record, SLEEP100_TITLE, "% of ideal")
+    assert shares == [
+        chart.Bar("jobrunner gevent -c100", "one by one", 88.0),
+        chart.Bar("jobrunner gevent -c100", "bulk", 95.0),
+        chart.Bar("Dramatiq threads -c100", "one by one", 93.0),
+    ]
+    drawn = chart.draw_run(record, tmp_path / "peers.png", "test")
+    assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A record without the peers' tables is refused by name, on the command line too.
+    (tmp_path / "run.md").write_text(record.split(f"### {SLEEP100_TITLE}")[0])
+    with pytest.raises(chart.NoPeersTable, match=r"sleep\(0\.1\) at concurrency 100"):
+        chart.draw_run((tmp_path / "run.md").read_text(), tmp_path / "x.png", "test")
+    with pytest.raises(SystemExit) as refused:
+        chart.main([str(tmp_path / "run.md"), str(tmp_path / "x.png")])
+    assert refused.value.code == 2 and not (tmp_path / "x.png").exists()
