@@ -20,7 +20,15 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 
-from bench.peers.figures import BULK, MODE_TITLES, NOOP_TITLE, ONE, SLEEP100_TITLE
+from bench.peers.figures import (
+    BULK,
+    MODE_TITLES,
+    NOOP_TARGETS,
+    NOOP_TITLE,
+    ONE,
+    SLEEP100_TITLE,
+    SLEEP_TARGETS,
+)
 from services.core.plotting import figure_bytes, plt
 
 # How the run's tables name the two ways of sending ("one by one: POST /jobs").
@@ -95,12 +103,14 @@ def draw(noop: list[Bar], sleep: list[Bar], path: Path, title: str) -> Path:
     _panel(left, noop, "no-op jobs/s, enqueue -> result stored (higher is better)", "{:,.0f}")
     _panel(right, sleep, "sleep(0.1) at concurrency 100: % of the ideal 1,000 jobs/s", "{:.0f} %")
     # Issue 13's targets, where its best peer puts them in this run.
-    for mode, times, style in zip(MODES, (1.0, 1.5), ("--", ":"), strict=True):
+    for key, style in ((ONE, "--"), (BULK, ":")):
+        mode, times = MODE_TITLES[key], NOOP_TARGETS[key]
         best = best_peer(noop, mode)
         if best:
             left.axvline(best * times, color="grey", linestyle=style,
                          label=f"target {mode}: {times:g}x the best peer")  # fmt: skip
-    right.axvline(90, color="grey", linestyle="--", label="target: 90 % of ideal")
+    share = 100 * SLEEP_TARGETS["sleep100"]
+    right.axvline(share, color="grey", linestyle="--", label=f"target: {share:.0f} % of ideal")
     right.set_xlim(0, 105)
     for ax in (left, right):
         handles, names = ax.get_legend_handles_labels()

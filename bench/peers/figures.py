@@ -82,6 +82,10 @@ ASYNC_KINDS = {"taskiq": "asyncio", "arq": "asyncio", "rq": "processes"}
 # bench/peers/chart.py reads back.
 NOOP_TITLE = "no-op, enqueue -> result stored and read back"
 SLEEP100_TITLE = "sleep(0.1) at concurrency 100"
+# Issue 13's targets: no-op throughput as a multiple of the best peer's, sent each way
+# (Client.submit is one by one), and sleep(0.1)'s share of the ideal per figure.
+NOOP_TARGETS = {ONE: 1.0, CLIENT: 1.0, BULK: 1.5}
+SLEEP_TARGETS = {"sleep100": 0.9, "sleep500": 0.6}
 
 
 def figures(libraries: list[str]) -> list[Figure]:
@@ -281,7 +285,8 @@ def target_rows(run: FigureRun) -> list[Row]:
     jr = [s for s in fig.systems if s.library == "jobrunner"]
     if fig.name == "noop":
         celery = next((s for s in fig.systems if s.library == "celery"), None)
-        for mode, target in ((ONE, ">= 1.0x"), (CLIENT, ">= 1.0x"), (BULK, ">= 1.5x")):
+        for mode, times in NOOP_TARGETS.items():
+            target = f">= {times:.1f}x"
             best = best_peer(run, BULK if mode == BULK else ONE)
             note = (
                 f"'stock' column = best peer, {best[0].label}"
@@ -313,7 +318,7 @@ def target_rows(run: FigureRun) -> list[Row]:
                     note="'stock' column = stock Celery threads -c8, sent the same way",
                 ))  # fmt: skip
         return rows
-    share = {"sleep100": ">= 0.9x", "sleep500": ">= 0.6x"}[fig.name]
+    share = f">= {SLEEP_TARGETS[fig.name]:.1f}x"
     for mode in (ONE, BULK):
         best = best_peer(run, mode)
         for system in jr:
