@@ -30,14 +30,22 @@ def test_the_readme_workload_loads_and_runs(tmp_path: Path) -> None:
         "w = get_workload('checksum')\n"
         "print(w.kind, w.description, sorted(w.params.model_fields))\n"
         "print(w.run({'data': 'hello', 'rounds': 2}))\n"
+        "print(*sorted(n for n, f in w.params.model_fields.items() if f.is_required()))\n"
     )
     env = {**os.environ, "JOBRUNNER_WORKLOADS": "mypkg.jobs",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}  # fmt: skip
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           env=env, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    described, result = done.stdout.splitlines()
+    described, result, required = done.stdout.splitlines()
     assert described == "cpu sha256 of data, chained `rounds` times. ['data', 'rounds']"
+    # The README's sweep of it, pasted, gives every parameter the workload requires (a
+    # sweep without `data` stopped at its first point with a 422), and names the
+    # project's own jobrunner, which a shell finds without an activated .venv.
+    (sweep,) = re.findall(r"`([^`]*compare checksum[^`]*)`", (ROOT / "README.md").read_text())
+    assert sweep.startswith(".venv/bin/jobrunner "), sweep
+    given = set(re.findall(r"(?:-p|--param|--sweep) (\w+)=", sweep))
+    assert set(required.split()) <= given, f"{sweep!r} leaves out {required}"
     import hashlib
 
     expected = hashlib.sha256(hashlib.sha256(b"hello").digest()).digest().hex()
