@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("api", "worker", "services", "tests", "bench")
 # Written by a run, never committed (see .gitignore).
-GENERATED = {"bench/latest-run.md", "bench/latest-run.png"}
+GENERATED = {"bench/latest-run.md", "bench/latest-run.png", "bench/out/peers.png"}
 
 # A path from the project's root, optionally with `::name` of a function or class in it.
 PATH_REFERENCE = re.compile(
