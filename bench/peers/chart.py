@@ -8,7 +8,8 @@ the run's record), so the chart of any run kept in bench/RESULTS.md can be drawn
 
     .venv/bin/python -m bench.peers.chart bench/latest-run.md docs/img/performance/peers.png
 
-reads the first run in the file (RESULTS.md keeps the newest first).
+reads the first run in the file (RESULTS.md keeps the newest first); `--run 21:19` the
+first run whose `## ` heading holds that text.
 """
 
 from __future__ import annotations
@@ -158,6 +159,15 @@ def _ours(bar: Bar) -> bool:
     return bar.system.startswith("jobrunner")
 
 
+def run_section(markdown: str, heading_text: str) -> str:
+    """`markdown` from the first `## ` heading holding `heading_text` on: where a record
+    of many runs (bench/RESULTS.md) keeps that run."""
+    for match in re.finditer(r"^## .*$", markdown, re.MULTILINE):
+        if heading_text in match.group(0):
+            return markdown[match.start() :]
+    raise NoPeersTable(f"no '## ' heading holding {heading_text!r}")
+
+
 def draw_run(markdown: str, path: Path, title: str) -> Path:
     """The chart of the first peers run in `markdown` (a run's record)."""
     noop = read_bars(markdown, NOOP_TITLE, "jobs/s (median)")
@@ -170,9 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("record", type=Path, help="a run's record: bench/latest-run.md")
     parser.add_argument("png", type=Path, help="where to write the chart")
     parser.add_argument("--title", default="jobrunner beside the other Python job queues")
+    parser.add_argument("--run", default="", help="text of the run's '## ' heading: 21:19")
     args = parser.parse_args(argv)
     try:
-        drawn = draw_run(args.record.read_text(), args.png, args.title)
+        record = args.record.read_text()
+        if args.run:
+            record = run_section(record, args.run)
+        drawn = draw_run(record, args.png, args.title)
     except NoPeersTable as exc:
         parser.error(f"{args.record}: {exc} (run: make bench ARGS='--only peers')")
     print(drawn)

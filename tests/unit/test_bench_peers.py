@@ -388,6 +388,15 @@ def test_the_peers_chart_is_drawn_from_the_runs_own_tables(tmp_path: Path) -> No
     ]
     drawn = chart.draw_run(record, tmp_path / "peers.png", "test")
     assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A record of many runs, newest first: --run picks an older one by its heading.
+    older = record.replace("| 901 |", "| 700 |", 1)
+    (tmp_path / "all.md").write_text(f"## Run at 22:19\n\n{record}\n## Run at 21:19\n\n{older}")
+    picked = chart.run_section((tmp_path / "all.md").read_text(), "21:19")
+    assert chart.Bar("jobrunner threads -c8", "one by one", 700.0) in chart.read_bars(
+        picked, NOOP_TITLE, "jobs/s (median)"
+    )
+    chart.main([str(tmp_path / "all.md"), str(tmp_path / "old.png"), "--run", "21:19"])
+    assert (tmp_path / "old.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A record without the peers' tables is refused by name, on the command line too.
     (tmp_path / "run.md").write_text(record.split(f"### {SLEEP100_TITLE}")[0])
     with pytest.raises(chart.NoPeersTable, match=r"sleep\(0\.1\) at concurrency 100"):
