@@ -60,13 +60,13 @@ def read_bars(markdown: str, title: str, column: str) -> list[Bar]:
     rows = _table_lines(lines)
     if len(rows) < 2:
         raise NoPeersTable(f"the '### {title}' heading is not followed by a table")
-    names = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    names = _cells(rows[0])
     if column not in names:
         raise NoPeersTable(f"the '{title}' table has no column {column!r}")
     where = names.index(column)
     bars: list[Bar] = []
     for row in rows[2:]:
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        cells = _cells(row)
         system, sent = cells[0], cells[1]
         mode = next((m for m in MODES if sent.startswith(m)), None)
         value = _number(cells[where]) if len(cells) > where else None
@@ -85,6 +85,10 @@ def _table_lines(lines: list[str]) -> list[str]:
             break
         table.append(line)
     return table
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip("|").split("|")]
 
 
 def _number(cell: str) -> float | None:
