@@ -82,7 +82,7 @@ def job_families(jobs: JobMetrics) -> Iterator[Metric]:
     seen = sorted(
         {(pool, workload) for pool, workload, _ in jobs.outcomes}
         | set(jobs.wait) | set(jobs.run) | set(jobs.retried) | set(jobs.redelivered)
-        | set(jobs.fenced)
+        | set(jobs.fenced) | set(jobs.claimed_on_take)
     )  # fmt: skip
     outcomes = CounterMetricFamily(
         "jobrunner_jobs",
@@ -130,6 +130,12 @@ def job_families(jobs: JobMetrics) -> Iterator[Metric]:
             "Writes of runs that no longer held their job (another attempt took it over), "
             "refused: late outcomes and late retries, never recorded.",
             jobs.fenced,
+        ),
+        (
+            "jobrunner_job_claims_on_take",
+            "Runs claimed by their worker as it took the message, in the same round trip (a "
+            "prefork worker with Redis far away: WORKER_PREFORK_PIPELINE).",
+            jobs.claimed_on_take,
         ),
     ):
         counter = CounterMetricFamily(name, help_text, labels=POOL_WORKLOAD)

@@ -23,8 +23,10 @@ that BRPOP-then-record could already lose, which services/jobs/reconcile.py re-s
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import redis
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 # How long acknowledgements wait for a message to share a round trip with. Short enough
 # that an idle worker's unacked set is clean a moment after its last job.
 ACK_FLUSH_DELAY = 0.02
+# How many recent messages `job_seconds` estimates a job's time from.
+JOBS_TIMED = 32
 
 
 class QoS(kombu_redis.QoS):
@@ -48,6 +52,29 @@ class QoS(kombu_redis.QoS):
         self._acks_lock = threading.Lock()
         self._acks_waiting = threading.Event()
         self._flusher: threading.Thread | None = None
+        # Messages held per prefetch slot (services/broker/transport.py deepens it while
+        # Redis is far and jobs are short), and what that showed of the jobs' time.
+        self.depth = 1
+        self._taken_at: dict[str, tuple[float, int]] = {}
+        self._jobs_timed: deque[float] = deque(maxlen=JOBS_TIMED)
+
+    # kombu's two checks of the prefetch limit, with `depth` messages a slot.
+    def can_consume(self) -> bool:
+        limit = self.prefetch_count * self.depth
+        return not limit or len(self._delivered) - len(self._dirty) < limit
+
+    def can_consume_max_estimate(self) -> int | None:
+        limit = self.prefetch_count * self.depth
+        if not limit:
+            return None
+        return max(limit - (len(self._delivered) - len(self._dirty)), 0)
+
+    def job_seconds(self) -> float | None:
+        """About how long a job runs, from the recent messages: the median time from
+        taking one to acknowledging it, divided by the depth it was taken at (with
+        `depth` messages a slot, each waits behind about depth - 1 others). None before
+        any was acknowledged."""
+        return statistics.median(self._jobs_timed) if self._jobs_timed else None
 
     def recorded(self, delivery_tag: str, recorded: bool = True) -> None:
         """The next append of this tag needs no Redis: the channel recorded it already
@@ -58,6 +85,7 @@ class QoS(kombu_redis.QoS):
             self._recorded.discard(delivery_tag)
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        self._taken_at[delivery_tag] = (time.monotonic(), self.depth)
         if delivery_tag in self._recorded:
             self._recorded.discard(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)
@@ -82,6 +110,9 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
+        taken = self._taken_at.pop(delivery_tag, None)
+        if taken is not None:
+            self._jobs_timed.append((time.monotonic() - taken[0]) / taken[1])
         with self._acks_lock:
             self._acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)  # frees the prefetch slot now
@@ -95,6 +126,10 @@ class QoS(kombu_redis.QoS):
             return
         self._acks_waiting.set()
         self._ensure_flusher()
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self._taken_at.pop(delivery_tag, None)
+        super().reject(delivery_tag, requeue=requeue)
 
     def restore_unacked_once(self, stderr: Any = None) -> Any:
         # At shutdown: what was acknowledged must not come back after the timeout.

@@ -23,6 +23,9 @@ both use it through `broker_transport`.
    about one round trip did not wait for its message, whatever the network's latency. (A
    fixed 2 ms bound, and takes that blocked the loop for a round trip, kept a worker 2 ms
    from Redis at 12 % of its loopback throughput: docs/cluster.md.)
+   A worker may also claim the jobs it takes in the same script (`TakeClaims`, which
+   worker/pipeline.py provides to a prefork worker whose Redis is far), and hold more
+   messages than it has slots while its jobs are short (`QoS.depth`).
 3. A full gevent worker asks again as soon as a hundredth of its slots (at least one) are
    free, woken by the acknowledgements, and within FULL_POLL_SECONDS of a job ending in
    any case, not after Celery's 2 s poll (`drain_events`).
@@ -47,7 +50,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from queue import Empty
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import redis
 import redis.sentinel
@@ -84,18 +87,47 @@ REFUSAL_LOG_EVERY = 10.0
 TAKE_SCRIPT = resources.files(__package__).joinpath("take.lua").read_text()
 
 
+class TakeClaims(Protocol):
+    """What a worker adds to its takes (worker/pipeline.py): the jobs of the messages it
+    takes are claimed in the same script, so the process that runs one need not claim it
+    first, a round trip of its own. The broker knows nothing of jobs; this says how."""
+
+    # A script that takes as take.lua does (which it wraps) and claims what it took. Its
+    # ARGV: `arguments()`, then take.lua's. Its answer: {list key, message, claim, ...}.
+    script: str
+
+    def wanted(self, round_trip: float) -> bool:
+        """Whether to claim on this take, Redis `round_trip` seconds away (inf: not yet
+        measured)."""
+
+    def depth(self, round_trip: float, job_seconds: float | None) -> int:
+        """Messages to hold per prefetch slot (QoS.depth), given how long jobs take."""
+
+    def arguments(self) -> list[Any]:
+        """The script's own arguments, before take.lua's."""
+
+    def stamp(self, payload: dict[str, Any], claim: Any, sent_at: float) -> None:
+        """Put the `claim` the script answered for the message `payload` into it (its
+        headers travel to the process that runs the job); `sent_at`: when the take was
+        sent, on this host's monotonic clock."""
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
     _shared_client: redis.Redis | None = None
     _collected: list[tuple[str, str]] | None = None
+    # Set by a worker that claims on its takes (worker/pipeline.py); None: takes only.
+    claims: ClassVar[TakeClaims | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._take_sha: str | None = None  # take.lua, loaded on first use
+        # The SHA of each take script (take.lua, a TakeClaims'), loaded on first use.
+        self._take_shas: dict[str, str] = {}
         # Whether the last look found the queue holding more than it gave (see
-        # _brpop_start), and the room and acknowledgements of a take in flight.
+        # _brpop_start), and the room and acknowledgements of a take in flight, and
+        # whether it claims.
         self._queue_busy = False
-        self._pending_take: tuple[int, list[str]] | None = None
+        self._pending_take: tuple[int, list[str], bool] | None = None
         # How long recent takes took, seconds: the shortest is the round trip to Redis.
         self._round_trips: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
         # Queues whose consumer acknowledges: only their messages are recorded as unacked
@@ -133,6 +165,7 @@ class Channel(kombu_redis.Channel):
         # goes on (dispatching, acknowledging) while it travels, and its answer is read
         # where a BRPOP's would be. A BRPOP, which brings one message, only when the
         # queue may be empty.
+        self._deepen()
         if self._queue_busy and not (self._closing or self.closed) and self._send_take():
             return None
         return super()._brpop_start(timeout)
@@ -171,6 +204,20 @@ class Channel(kombu_redis.Channel):
         (infinite) before the first take, so the first BRPOP is followed by one."""
         return min(self._round_trips, default=float("inf"))
 
+    def _claiming(self) -> TakeClaims | None:
+        claims = self.claims
+        return claims if claims is not None and claims.wanted(self.round_trip()) else None
+
+    def _deepen(self) -> None:
+        """Hold as many messages a slot as the TakeClaims asks while it claims (a message
+        waiting in the worker is one the next free slot starts without a round trip);
+        one otherwise."""
+        claims = self._claiming()
+        if claims is not None:
+            self.qos.depth = claims.depth(self.round_trip(), self.qos.job_seconds())
+        else:
+            self.qos.depth = 1
+
     def _send_take(self) -> bool:
         """Send take.lua for as many messages as the prefetch leaves room for (at most
         TAKE_AT_MOST), with the acknowledgements waiting to be deleted; False if there is
@@ -183,15 +230,19 @@ class Channel(kombu_redis.Channel):
         lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         keys = [self.unacked_index_key, self.unacked_key, *lists]
         connection = self.client.connection
-        if self._take_sha is None:
-            self._take_sha = self.client.script_load(TAKE_SCRIPT)
+        claims = self._claiming()
+        script = TAKE_SCRIPT if claims is None else claims.script
+        sha = self._take_shas.get(script)
+        if sha is None:
+            sha = self._take_shas[script] = self.client.script_load(script)
+        extra = [] if claims is None else claims.arguments()
         acked = self.qos.take_acks()
-        self._pending_take = (room, acked)
+        self._pending_take = (room, acked, claims is not None)
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
         try:
             connection.send_command(
-                "EVALSHA", self._take_sha, len(keys), *keys, room, time.time(), len(acked),
+                "EVALSHA", sha, len(keys), *keys, *extra, room, time.time(), len(acked),
                 *acked,
             )  # fmt: skip
         except BaseException:
@@ -205,13 +256,13 @@ class Channel(kombu_redis.Channel):
         """The answer of a take sent by _send_take: its messages, recorded as unacked by
         the script, are delivered (none: the queue is empty, Empty)."""
         assert self._pending_take is not None
-        room, acked = self._pending_take
+        room, acked, claiming = self._pending_take
         self._pending_take = None
         try:
             reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
         except redis.exceptions.NoScriptError:
             # Redis restarted and forgot the script: load it again before the next take.
-            self._take_sha = None
+            self._take_shas.clear()
             self._queue_busy = False
             self.qos.give_back_acks(acked)
             raise Empty() from None
@@ -231,7 +282,9 @@ class Channel(kombu_redis.Channel):
             self._in_poll = None
             self._flush_brpop_reauth()  # the connection is idle now (kombu's own rule)
         self._round_trips.append(time.monotonic() - self._brpop_sent_at)
-        pairs = [(bytes_to_str(reply[i]), reply[i + 1]) for i in range(0, len(reply), 2)]
+        step = 3 if claiming else 2
+        pairs = [(bytes_to_str(reply[i]), reply[i + 1]) for i in range(0, len(reply), step)]
+        claims = reply[2::3] if claiming else []
         # All the room filled: more may wait. Less: the queue is empty for now.
         self._queue_busy = len(pairs) >= room
         if not pairs:
@@ -243,6 +296,8 @@ class Channel(kombu_redis.Channel):
         for index, (key, item) in enumerate(pairs):
             payload = loads(bytes_to_str(item))
             self.qos.recorded(payload["properties"]["delivery_tag"])
+            if claims and self.claims is not None:
+                self.claims.stamp(payload, claims[index], self._brpop_sent_at)
             dest = key.rsplit(self.sep, 1)[0]
             try:
                 self._queue_cycle.rotate(dest)

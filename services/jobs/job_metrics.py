@@ -15,6 +15,8 @@ once. The counts live in one hash (redis_keys.metrics()), one field per series:
     retried|<pool>|<workload>                   failed runs queued again for a retry
     redelivered|<pool>|<workload>               runs started from a message delivered again
     fenced|<pool>|<workload>                    writes of runs that had lost their job
+    claimed_on_take|<pool>|<workload>           runs claimed as their worker took the
+                                                message (worker/pipeline.py)
 
 The workload comes last: a user's workload may be named anything, `|` included (a pool's
 name, a state and a bucket never hold one). A histogram keeps one field per bucket it
@@ -79,6 +81,7 @@ class JobMetrics:
     retried: dict[Labels, int] = field(default_factory=dict)
     redelivered: dict[Labels, int] = field(default_factory=dict)
     fenced: dict[Labels, int] = field(default_factory=dict)
+    claimed_on_take: dict[Labels, int] = field(default_factory=dict)
 
 
 def read_job_metrics(client: redis.Redis) -> JobMetrics:
@@ -93,6 +96,7 @@ def parse_job_metrics(raw: dict[str, str]) -> JobMetrics:
     metrics = JobMetrics()
     counters = {
         "retried": metrics.retried, "redelivered": metrics.redelivered, "fenced": metrics.fenced,
+        "claimed_on_take": metrics.claimed_on_take,
     }  # fmt: skip
     for name, value in raw.items():
         kind, _, rest = name.partition("|")

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from services.broker.transport import TAKE_SCRIPT
 from services.core import redis_keys
 from services.core.vocabulary import JobState
 from services.jobs.group_commit import GroupCommit, direct
@@ -38,10 +39,28 @@ _SCRIPTS = resources.files(__package__)
 _TRANSITION = lua_buckets() + _SCRIPTS.joinpath("transition.lua").read_text()
 TRANSITION_SCRIPT = _TRANSITION + _SCRIPTS.joinpath("transition_one.lua").read_text()
 TRANSITION_BATCH_SCRIPT = _TRANSITION + _SCRIPTS.joinpath("transition_batch.lua").read_text()
+# A worker's take that also claims what it took (claim_on_take.lua, after transition.lua
+# and take.lua made a function; worker/pipeline.py).
+CLAIM_ON_TAKE_SCRIPT = (
+    _TRANSITION
+    + "local function take(KEYS, ARGV)\n" + TAKE_SCRIPT + "\nend\n"
+    + _SCRIPTS.joinpath("claim_on_take.lua").read_text()
+)  # fmt: skip
 # Stores new records, indexes them and pushes their messages in one go (create.lua).
 CREATE_SCRIPT = _SCRIPTS.joinpath("create.lua").read_text()
 # Renews the leases a worker holds, only for the runs that still hold them (renew.lua).
 RENEW_SCRIPT = _SCRIPTS.joinpath("renew.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Move:
+    """One move of `JobStore.transition_many`: a run's outcome, say."""
+
+    job_id: str
+    allowed_from: frozenset[JobState]
+    to: JobState
+    fields: dict[str, Any]
+    fence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +84,12 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._transition = client.register_script(TRANSITION_SCRIPT)
+        self._transition_batch = client.register_script(TRANSITION_BATCH_SCRIPT)
         # How a transition's script is sent: alone (direct), or with the other writes
         # waiting in this process, in one call (services/jobs/group_commit.py).
         self._run_script = direct
         if group_commit is not None:
-            group_commit.batch_as(self._transition, client.register_script(TRANSITION_BATCH_SCRIPT))
+            group_commit.batch_as(self._transition, self._transition_batch)
             self._run_script = group_commit.run
         self._create = client.register_script(CREATE_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
@@ -163,6 +183,48 @@ class JobStore:
 
         None when the record does not exist.
         """
+        keys, args = self._transition_call(
+            job_id, allowed_from, to, fields, count_attempt, return_record, refresh_ttl,
+            fence, lease_seconds, dispatch_in, redelivered, self.ttl,
+        )  # fmt: skip
+        return _transition_answer(self._run_script(self._transition, keys, args))
+
+    def transition_many(self, moves: list[Move]) -> list[Transition | None]:
+        """Several moves in one script call (transition_batch.lua), one round trip, each
+        checked and answered as `transition` would; a move the script failed on raises."""
+        if not moves:
+            return []
+        keys: list[str] = []
+        args: list[Any] = [len(moves)]
+        for move in moves:
+            own_keys, own_args = self._transition_call(
+                move.job_id, move.allowed_from, move.to, move.fields, fence=move.fence,
+                ttl=self.ttl,
+            )  # fmt: skip
+            keys += own_keys
+            args += [len(own_keys), len(own_args), *own_args]
+        answers = self._transition_batch(keys=keys, args=args)
+        for answer in answers:
+            if isinstance(answer, list) and answer and answer[0] == -1:
+                raise redis.ResponseError(as_text(answer[1]))
+        return [_transition_answer(answer) for answer in answers]
+
+    @staticmethod
+    def _transition_call(
+        job_id: str,
+        allowed_from: frozenset[JobState] | set[JobState],
+        to: JobState,
+        fields: dict[str, Any] | None = None,
+        count_attempt: bool = False,
+        return_record: bool = False,
+        refresh_ttl: bool = False,
+        fence: int | None = None,
+        lease_seconds: float | None = None,
+        dispatch_in: float | None = None,
+        redelivered: bool = False,
+        ttl: int = 0,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of transition.lua for one move (see `transition`)."""
         flags = (
             ("a" if count_attempt else "")
             + ("r" if return_record else "")
@@ -174,7 +236,7 @@ class JobStore:
         seconds = lease_seconds if lease_seconds is not None else dispatch_in
         args: list[Any] = [
             ",".join(sorted(allowed_from)), job_id, str(to), flags or "-", seconds or 0,
-            self.ttl, "" if fence is None else fence,
+            ttl, "" if fence is None else fence,
         ]  # fmt: skip
         for name, value in (fields or {}).items():
             args.extend([name, field_value(name, value)])
@@ -182,19 +244,7 @@ class JobStore:
             redis_keys.job(job_id), redis_keys.job_index("state", ""), redis_keys.counters(),
             redis_keys.metrics(),
         ]  # fmt: skip
-        answer = self._run_script(self._transition, keys, args)
-        if answer is None:
-            return None
-        record = None
-        if len(answer) > 3:
-            flat = as_text(answer[3])
-            record = decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
-        return Transition(
-            moved=bool(answer[0]),
-            previous=JobState(as_text(answer[1])),
-            refused=bool(answer[2]),
-            record=record,
-        )
+        return keys, args
 
     def renew_leases(self, held: dict[str, int], seconds: float) -> dict[str, str]:
         """Extend, by `seconds` from Redis's clock, the lease of each job in `held` (job id
@@ -283,3 +333,19 @@ class JobStore:
             page = page[:limit]
             return page, index_score(page[-1].submitted_at)
         return page, None
+
+
+def _transition_answer(answer: Any) -> Transition | None:
+    """transition.lua's answer as a Transition; None when the record does not exist."""
+    if answer is None:
+        return None
+    record = None
+    if len(answer) > 3:
+        flat = as_text(answer[3])
+        record = decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
+    return Transition(
+        moved=bool(answer[0]),
+        previous=JobState(as_text(answer[1])),
+        refused=bool(answer[2]),
+        record=record,
+    )

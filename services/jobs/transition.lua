@@ -26,7 +26,8 @@
 --            the move (saves the worker a round trip); 'e' start the record's TTL again,
 --            so a job sent once more (a retry) cannot expire before it runs; 'l' set
 --            lease_until to now + ARGV[5]; 'd' set dispatched_at to now + ARGV[5];
---            'v' the run starts from a message delivered again (counted); '-' none
+--            'v' the run starts from a message delivered again (counted); 't' the claim
+--            rides on the worker's take (counted: worker/pipeline.py); '-' none
 -- ARGV[5]    seconds, for 'l' and 'd'
 -- ARGV[6]    the TTL in seconds, for 'e'
 -- ARGV[7]    the fence: the attempt number the writing run holds, or '' for a write
@@ -159,15 +160,19 @@ local function transition(KEYS, ARGV)
     observe('wait', '', 'wait_us', clock - tonumber(rec['score']) / 1000000)
   end
   if string.find(ARGV[4], 'v') and new_state == 'running' then count('redelivered', '', 1) end
+  if string.find(ARGV[4], 't') and new_state == 'running' then count('claimed_on_take', '', 1) end
   if state == 'running' and new_state == 'queued' then count('retried', '', 1) end
   if state ~= new_state
     and (new_state == 'succeeded' or new_state == 'failed' or new_state == 'cancelled') then
     -- The run time, when the outcome says when it finished: both times are the worker's.
+    -- The start is the record's, or the outcome's own when it brings one (a job claimed
+    -- on its worker's take starts later than its claim: worker/pipeline.py).
     local finished
+    local started = tonumber(rec['started_at'] or '')
     for i = 8, #ARGV - 1, 2 do
       if ARGV[i] == 'finished_at' then finished = tonumber(ARGV[i + 1]) end
+      if ARGV[i] == 'started_at' then started = tonumber(ARGV[i + 1]) end
     end
-    local started = tonumber(rec['started_at'] or '')
     if finished and started then
       observe('outcome', new_state .. '|', 'run_us', finished - started)
     else
