@@ -32,10 +32,11 @@ from services.core.redis_clients import redis_client
 from services.core.settings import get_settings
 from services.core.vocabulary import JobState
 from services.jobs.group_commit import GroupCommit
-from services.jobs.record import JobError, JobRecord
-from services.jobs.store import JobStore, Transition
+from services.jobs.record import JobError, JobRecord, decode_record
+from services.jobs.store import JobStore, Move, Transition
 from worker import memory_limit
 from worker.leases import Lease, LeaseKeeper
+from worker.pipeline import CLAIM_HEADER, Outcome, lease_after_wait, outcomes
 
 log = logging.getLogger(__name__)
 # True in a gevent worker: `celery worker -P gevent` patches the standard library first.
@@ -77,7 +78,8 @@ def job_store() -> JobStore:
         wait_for_connection=REDIS_PATIENCE_SECONDS,
     )  # fmt: skip
     # The claims and outcomes of jobs running at once share round trips (group commit);
-    # a prefork pool process runs one job at a time and sends its own.
+    # a prefork pool process runs one job at a time and sends its own (its outcomes
+    # written behind its runs go in batches of their own: worker/pipeline.py).
     group_commit = None if IN_POOL_PROCESS else GroupCommit(client)
     return JobStore(client, settings.job_result_ttl, group_commit)
 
@@ -158,6 +160,10 @@ def patiently(call: Callable[[], T]) -> T:
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
     store = job_store()
+    claim = getattr(self.request, CLAIM_HEADER, None)
+    if claim is not None:
+        run_claimed_on_take(self, store, decode_record(claim["record"]), claim["at"])
+        return
     # `takeover`: a redelivery that found the job's lease still valid and came back later.
     redelivered = takeover or bool((self.request.delivery_info or {}).get("redelivered"))
     claimed_at = time.monotonic()
@@ -217,6 +223,26 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
         leases.release(lease)
 
 
+def run_claimed_on_take(self: Task, store: JobStore, record: JobRecord, claimed_at: float) -> None:
+    """Run a job its worker claimed as it took the message (worker/pipeline.py), and
+    write its outcome behind the run. `claimed_at`: when the take was sent, on this
+    host's monotonic clock (the main process's and this process's are one)."""
+    # A job that waited in the worker has its lease renewed and checked first, so one
+    # another attempt took over meanwhile never starts.
+    held_since = patiently(lambda: lease_after_wait(
+        store, record, claimed_at, leases.renew_every, leases.lease_seconds
+    ))  # fmt: skip
+    if held_since is None:
+        return
+    lease = leases.hold(record.id, record.attempts, held_since)
+    handed_over = False
+    try:
+        handed_over = run_claimed(self, store, record, behind=lease)
+    finally:
+        if not handed_over:  # else released once the outcome is written
+            leases.release(lease)
+
+
 # Celery keeps the result backend per thread unless the backend says it is thread-safe,
 # and under gevent every greenlet is a thread: each job built a backend of its own
 # (celery#7960), a visible share of a gevent worker's time under py-spy, although
@@ -227,9 +253,14 @@ if isinstance(app.backend, DisabledBackend):
     run_job.backend = app.backend
 
 
-def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
-    """Run a job this worker has claimed, and record its outcome (or its retry)."""
+def run_claimed(
+    self: Task, store: JobStore, record: JobRecord, behind: Lease | None = None
+) -> bool:
+    """Run a job this worker has claimed, and record its outcome (or its retry). With
+    `behind`, the run's lease, the outcome is written behind the run (worker/pipeline.py)
+    and the lease released once it is: True then. A retry is written before, as always."""
     job_id = record.id
+    started_at = time.time()
     cpu_started = time.thread_time()
     try:
         result = json_result(workload_here(record.workload).run(record.params))
@@ -252,7 +283,7 @@ def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
                 # Another attempt holds the job now (or it was cancelled): its retries
                 # are that attempt's to make.
                 log_refused(record, retried)
-                return
+                return False
             # A new message for the same job; this delivery is acknowledged.
             raise self.retry(
                 countdown=delay, max_retries=None, kwargsrepr=kwargs_shown(record.workload)
@@ -263,13 +294,27 @@ def run_claimed(self: Task, store: JobStore, record: JobRecord) -> None:
         final = JobState.succeeded
         fields = {"result": result, "cpu_seconds": cpu_since(cpu_started)}
     fields["finished_at"] = time.time()
-    ended = patiently(
-        lambda: store.transition(
-            job_id, {JobState.running}, final, fields=fields, fence=record.attempts
+    if behind is None:
+        ended = patiently(
+            lambda: store.transition(
+                job_id, {JobState.running}, final, fields=fields, fence=record.attempts
+            )
         )
-    )
-    if ended is None or not ended.moved:
-        log_refused(record, ended)
+        if ended is None or not ended.moved:
+            log_refused(record, ended)
+        return False
+    # Claimed on the take, the record does not know yet which process ran the job, nor
+    # when it really started (it waited in the worker): the outcome says.
+    fields.update(worker_pid=os.getpid(), started_at=started_at)
+
+    def answered(ended: Transition | None) -> None:
+        leases.release(behind)
+        if ended is None or not ended.moved:
+            log_refused(record, ended)
+
+    move = Move(job_id, frozenset({JobState.running}), final, fields, fence=record.attempts)
+    outcomes.submit(Outcome(store, move, answered))
+    return True
 
 
 def log_refused(record: JobRecord, answer: Transition | None) -> None:

@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     worker_concurrency_gevent: int | None = Field(
         None, ge=1, description="Greenlets of each gevent worker (unset: 100)."
     )
+    worker_prefork_pipeline: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="How a prefork worker hides the round trips to Redis of each job: it "
+        "claims jobs as it takes their messages, holds a few more messages than processes "
+        "while jobs are short, and writes outcomes behind the runs (docs/cluster.md). "
+        "auto: once the worker measures Redis 1 ms or more away; on: always; off: never.",
+    )
     worker_memory_limit_prefork: int | None = Field(
         None,
         ge=64,

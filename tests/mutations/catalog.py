@@ -122,6 +122,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         fast=True,
     ),
     Mutation(
+        "pipeline-skips-wait-check",
+        "One recorded outcome, from one run",
+        "a job claimed on its worker's take starts however long it waited there, without "
+        "renewing and checking its lease first",
+        (
+            Edit(
+                "worker/pipeline.py",
+                "if time.monotonic() - claimed_at <= renew_every:",
+                "if True:",
+            ),
+        ),
+        (
+            "tests/integration/test_pipeline.py"
+            "::test_a_job_that_waited_in_its_worker_is_checked_before_it_starts",
+        ),
+        fast=True,
+    ),
+    Mutation(
         "batched-moves-index-each-move",
         "A listing by state shows each job once, under its state",
         "moves sent in one call each move their job's index entry (a job that moved twice "
