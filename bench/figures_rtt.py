@@ -33,14 +33,19 @@ from worker.profiles import worker_command
 RTTS_MS = (0.0, 2.0, 5.0)
 # The promise: at this round trip, at least this share of the 0 ms throughput.
 PROMISED_RTT_MS, PROMISED_SHARE = 2.0, 0.5
-# Per pool, its concurrency and the job that shows it (the measurements that found the
-# problem): prefork twice, at one process per core and with more processes than cores,
-# which is what hides a network's round trips from a process that pays two per job.
-CASES = [
-    ("threads", 32, "noop", {}),
-    ("prefork", 2, "noop", {}),
-    ("prefork", 16, "noop", {}),
-    ("gevent", 500, "sleep", {"seconds": 0.05}),
+# Per pool, its concurrency, the job that shows it (the measurements that found the
+# problem) and the worker's settings beside the defaults. Prefork four times: at one
+# process per core as it comes (its pipeline turns itself on once Redis is 1 ms away:
+# worker/pipeline.py), with the pipeline on at +0 ms too, so that the share compares it
+# with itself, and off, as prefork was before it; and with more processes than cores,
+# the other way to hide a network's round trips.
+CASES: list[tuple[str, int, str, dict[str, Any], dict[str, str]]] = [
+    ("threads", 32, "noop", {}, {}),
+    ("prefork", 2, "noop", {}, {}),
+    ("prefork", 2, "noop", {}, {"WORKER_PREFORK_PIPELINE": "on"}),
+    ("prefork", 2, "noop", {}, {"WORKER_PREFORK_PIPELINE": "off"}),
+    ("prefork", 16, "noop", {}, {}),
+    ("gevent", 500, "sleep", {"seconds": 0.05}, {}),
 ]
 TABLE_FILE = Path(__file__).resolve().parents[1] / "docs" / "cluster.md"
 TABLE_START, TABLE_END = "<!-- rtt-table:start -->", "<!-- rtt-table:end -->"
@@ -52,7 +57,19 @@ class RttResult:
     concurrency: int
     workload: str
     params: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
     rates: dict[float, list[float]] = field(default_factory=dict)
+
+    @property
+    def promised(self) -> bool:
+        """Whether the promise is for this row: not for prefork with its pipeline turned
+        off, the row that shows what the pipeline is for."""
+        return self.env.get("WORKER_PREFORK_PIPELINE") != "off"
+
+    @property
+    def label(self) -> str:
+        settings = "".join(f", {name}={value}" for name, value in self.env.items())
+        return f"{self.pool} -c{self.concurrency}{settings}"
 
     @property
     def job(self) -> str:
@@ -82,9 +99,9 @@ def start_forwarder(b: Bench, rtt_ms: float) -> tuple[ManagedProcess, str]:
     return proc, re.sub(r":\d+/", f":{port}/", b.url)
 
 
-def worker_through(b: Bench, pool: str, concurrency: int, url: str, name: str) -> ManagedProcess:
-    argv = worker_command(pool, concurrency, f"rtt-{pool}@bench", "WARNING")
-    env = {**b.stack.env, "REDIS_URL": url}
+def worker_through(b: Bench, result: RttResult, url: str, name: str) -> ManagedProcess:
+    argv = worker_command(result.pool, result.concurrency, f"rtt-{result.pool}@bench", "WARNING")
+    env = {**b.stack.env, **result.env, "REDIS_URL": url}
     managed = ManagedProcess(name, argv, env, b.workdir / f"{name}.log")
     return b.stack.start(managed)
 
@@ -104,8 +121,8 @@ def ping_ms(url: str) -> float:
 
 def measure(b: Bench, result: RttResult, rtt: float, n: int, pings: dict[float, float]) -> None:
     forwarder, url = start_forwarder(b, rtt)
-    name = f"rtt-{result.pool}-{result.concurrency}"
-    worker = worker_through(b, result.pool, result.concurrency, url, name)
+    name = f"rtt-{result.pool}-{result.concurrency}" + "".join(f"-{v}" for v in result.env.values())
+    worker = worker_through(b, result, url, name)
     try:
         pings.setdefault(rtt, ping_ms(url))
         # Warm: connections, imports, pool processes.
@@ -122,21 +139,22 @@ def measure(b: Bench, result: RttResult, rtt: float, n: int, pings: dict[float, 
 def bench_rtt(b: Bench) -> None:
     n = 300 if b.quick else 500
     results, pings = [], {}
-    for pool, concurrency, workload, params in CASES:
-        result = RttResult(pool, concurrency, workload, params)
+    for pool, concurrency, workload, params, env in CASES:
+        result = RttResult(pool, concurrency, workload, params, env)
         for rtt in RTTS_MS:
             measure(b, result, rtt, n, pings)
         results.append(result)
     text = render(results, n, b, pings)
     print(text)
     write_table(text)
-    short = [
-        f"{r.pool} -c{r.concurrency}" for r in results if r.share(PROMISED_RTT_MS) < PROMISED_SHARE
-    ]
+    short = [r.label for r in results if r.promised and r.share(PROMISED_RTT_MS) < PROMISED_SHARE]
     if short:
         print(f"FAIL: below {PROMISED_SHARE:.0%} of 0 ms at {PROMISED_RTT_MS:g} ms: {short}")
     else:
-        print(f"ok: every pool keeps >= {PROMISED_SHARE:.0%} of its 0 ms throughput at 2 ms")
+        print(
+            f"ok: every pool keeps >= {PROMISED_SHARE:.0%} of its 0 ms throughput at 2 ms "
+            "(prefork with its pipeline off, shown for comparison, is not promised it)"
+        )
 
 
 def render(results: list[RttResult], n: int, b: Bench, pings: dict[float, float]) -> str:
@@ -149,7 +167,7 @@ def render(results: list[RttResult], n: int, b: Bench, pings: dict[float, float]
     rows = []
     for r in results:
         cells = [f"{r.median(rtt):.0f} jobs/s ({r.share(rtt):.0%})" for rtt in RTTS_MS]
-        rows.append(f"| {r.pool} -c{r.concurrency} | {r.job} | " + " | ".join(cells) + " |")
+        rows.append(f"| {r.label} | {r.job} | " + " | ".join(cells) + " |")
     when = time.strftime("%Y-%m-%d")
     command = ".venv/bin/python -m bench.side_by_side --only rtt" + (" --quick" if b.quick else "")
     return "\n".join(
