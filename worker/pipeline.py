@@ -23,8 +23,13 @@ force it):
   its own and returns; the outcomes waiting meanwhile go in one script call, one round
   trip (group commit). The message is then acknowledged before its outcome is in Redis, by
   about a round trip: a process killed in between leaves the job `running` under a lease
-  nobody renews, and it is run again once the lease lapses (services/jobs/reconcile.py),
-  as when a process dies mid-job.
+  nobody renews, and services/jobs/reconcile.py sends it again once the lease has lapsed
+  and it waited as long again. A pool process its worker stops (SIGTERM) writes what is
+  waiting first.
+
+A message that goes back to its queue unrun (a worker stopping with messages it held, a
+pool process lost) gives its claim back (`ClaimOnTake.release`, called by
+services/broker/qos.py), so its job is `queued` again and the next taker runs it at once.
 
 Fencing is unchanged: the claim's attempt number is the run's fence, the pool process
 holds the lease from the moment of the take, and a job that waited in the worker longer
@@ -37,6 +42,7 @@ import logging
 import math
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -45,13 +51,14 @@ from typing import Any
 
 import redis
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.signals import celeryd_after_setup, worker_process_shutdown
+from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 from kombu.utils.encoding import bytes_to_str
 
 from services.broker.celery_app import RUN_JOB_TASK
 from services.broker.transport import Channel
 from services.core import redis_keys
 from services.core.settings import get_settings
+from services.core.vocabulary import JobState
 from services.jobs.record import JobRecord
 from services.jobs.store import CLAIM_ON_TAKE_SCRIPT, JobStore, Move, Transition
 
@@ -70,6 +77,8 @@ SHORT_JOB_ROUND_TRIPS = 4
 CLAIM_HEADER = "jobrunner_claim"
 # At most this many outcomes in one script call.
 MAX_BATCH = 200
+# How long a pool process told to stop (SIGTERM) waits for its outcomes to be written.
+DRAIN_SECONDS = 2.0
 
 
 class ClaimOnTake:
@@ -77,11 +86,19 @@ class ClaimOnTake:
 
     script = CLAIM_ON_TAKE_SCRIPT
 
-    def __init__(self, mode: str, lease_seconds: float, host: str, node: str) -> None:
+    def __init__(
+        self,
+        mode: str,
+        lease_seconds: float,
+        host: str,
+        node: str,
+        store: Callable[[], JobStore],
+    ) -> None:
         self.mode = mode
         self.lease_seconds = lease_seconds
         self.host = host
         self.node = node
+        self.store = store
 
     def wanted(self, round_trip: float) -> bool:
         if self.mode == "on":
@@ -100,15 +117,39 @@ class ClaimOnTake:
             redis_keys.counters(), redis_keys.metrics(), RUN_JOB_TASK, self.host, self.node,
         ]  # fmt: skip
 
-    def stamp(self, payload: dict[str, Any], claim: Any, sent_at: float) -> None:
+    def stamp(self, payload: dict[str, Any], claim: Any, sent_at: float) -> Any:
         # Only a claim that moved the job travels; any other answer (cancelled meanwhile,
         # record gone, not a message to claim here) leaves the pool process to claim it
         # itself, and decide, as it always has.
         if not claim or int(claim[0]) != 1:
-            return
+            return None
         flat = [bytes_to_str(item) for item in claim[3]]
-        record = dict(zip(flat[::2], flat[1::2], strict=True))
-        payload.setdefault("headers", {})[CLAIM_HEADER] = {"record": record, "at": sent_at}
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        payload.setdefault("headers", {})[CLAIM_HEADER] = {"record": fields, "at": sent_at}
+        return (bytes_to_str(claim[4]), int(fields["attempts"]))
+
+    def release(self, tokens: list[Any]) -> None:
+        """The jobs of messages going back to their queue unrun, back to `queued` (only
+        while the claim's attempt still holds them). Their attempt stays counted: a run
+        of it may be ending in a pool process being stopped, and its writes must stay
+        fenced off from the next attempt's."""
+        cleared = {"worker_host": None, "worker_node": None, "received_at": None,
+                   "started_at": None}  # fmt: skip
+        moves = [
+            Move(
+                job_id,
+                frozenset({JobState.running}),
+                JobState.queued,
+                cleared,
+                fence=attempt,
+                released=True,
+            )
+            for job_id, attempt in tokens
+        ]
+        given_back = sum(
+            bool(answer and answer.moved) for answer in self.store().transition_many(moves)
+        )
+        log.info("gave back %d of %d claim(s) made on takes", given_back, len(moves))
 
 
 @celeryd_after_setup.connect
@@ -120,10 +161,10 @@ def _claim_on_takes(sender: str | None = None, instance: Any = None, **_: Any) -
         isinstance(pool, type) and issubclass(pool, PreforkPool)
     ):
         return
-    from worker.tasks import HOSTNAME, leases  # the task module's, whose lease it sets
+    from worker.tasks import HOSTNAME, job_store, leases  # the task module's
 
     Channel.claims = ClaimOnTake(
-        settings.worker_prefork_pipeline, leases.lease_seconds, HOSTNAME, sender or ""
+        settings.worker_prefork_pipeline, leases.lease_seconds, HOSTNAME, sender or "", job_store
     )
 
 
@@ -151,7 +192,8 @@ class Outcome:
 
     store: JobStore
     move: Move
-    answered: Callable[[Transition | None], None]
+    # Called with the move's answer, or the error that kept it from being written.
+    answered: Callable[[Transition | Exception | None], None]
 
 
 class OutcomeWriter:
@@ -167,7 +209,9 @@ class OutcomeWriter:
 
     def submit(self, outcome: Outcome) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # a pool process does not inherit its threads
+            # A pool process does not inherit its parent's threads; and one drained
+            # (worker_process_shutdown) may still write another.
+            if self._pid != os.getpid() or self._thread is None:
                 self._pid = os.getpid()
                 self._queue = queue.SimpleQueue()
                 self._thread = threading.Thread(
@@ -188,37 +232,53 @@ class OutcomeWriter:
                     break
                 item = waiting.get()
             stopping = item is None
-            if batch:
-                OutcomeWriter._write(batch)
+            try:
+                if batch:
+                    OutcomeWriter._write(batch)
+            except Exception:  # the writer outlives any one batch
+                log.exception("%d outcome(s) not written", len(batch))
 
     @staticmethod
     def _write(batch: list[Outcome]) -> None:
-        # Until written: if Redis stays away past the lease, the lease's watchdog ends
-        # this process (worker/leases.py), and the jobs are run again.
         store, delay = batch[0].store, 0.1
+        answers: list[Transition | Exception | None]
         while True:
             try:
-                answers = store.transition_many([outcome.move for outcome in batch])
+                answers = list(store.transition_many([outcome.move for outcome in batch]))
                 break
-            except redis.RedisError as exc:
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Until Redis is back: if it stays away past the lease, the lease's
+                # watchdog ends this process (worker/leases.py), and the jobs run again.
                 log.warning("%d outcome(s) not written yet (%s); retrying in %.1fs",
                             len(batch), exc, delay)  # fmt: skip
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except Exception:
+                # One move Redis refused, or one this process could not send: each
+                # alone, so that one bad outcome never holds back the others.
+                answers = [OutcomeWriter._write_alone(outcome) for outcome in batch]
+                break
         for outcome, answer in zip(batch, answers, strict=True):
             try:
                 outcome.answered(answer)
             except Exception:
                 log.exception("job %s: handling its outcome's answer failed", outcome.move.job_id)
 
-    def drain(self) -> None:
-        """Wait for every outcome handed over (a pool process about to exit)."""
-        with self._lock:
-            thread = self._thread if self._pid == os.getpid() else None
+    @staticmethod
+    def _write_alone(outcome: Outcome) -> Transition | Exception | None:
+        try:
+            return outcome.store.transition_many([outcome.move])[0]
+        except Exception as exc:
+            return exc
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait for every outcome handed over (a pool process about to exit), at most
+        `timeout` seconds. Safe in a signal handler: it takes no lock."""
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid():
             self._thread = None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join()
+            self._queue.put(None)  # SimpleQueue.put is reentrant
+            thread.join(timeout)
 
 
 outcomes = OutcomeWriter()
@@ -226,6 +286,23 @@ outcomes = OutcomeWriter()
 
 @worker_process_shutdown.connect
 def _write_waiting_outcomes(**_: Any) -> None:
-    # Sent in a pool process that exits normally (its worker stopping, or
-    # --max-tasks-per-child): the outcomes it handed over reach Redis first.
+    # Sent in a pool process that ends its own life (--max-tasks-per-child, a memory
+    # bound): the outcomes it handed over reach Redis first.
     outcomes.drain()
+
+
+@worker_process_init.connect
+def _write_waiting_outcomes_on_sigterm(**_: Any) -> None:
+    """A stopping worker ends its pool processes with SIGTERM (Celery restores its
+    default action in them), which would lose the outcomes still waiting to be written,
+    and run those jobs again after their leases: they are written first, for at most
+    DRAIN_SECONDS, then the signal does what it would have done."""
+    if get_settings().worker_prefork_pipeline == "off":
+        return
+
+    def drain_then_terminate(signum: int, _frame: Any) -> None:
+        outcomes.drain(DRAIN_SECONDS)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, drain_then_terminate)

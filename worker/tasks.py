@@ -162,8 +162,14 @@ def run_job(self: Task, job_id: str, takeover: bool = False) -> None:
     store = job_store()
     claim = getattr(self.request, CLAIM_HEADER, None)
     if claim is not None:
-        run_claimed_on_take(self, store, decode_record(claim["record"]), claim["at"])
-        return
+        record = decode_record(claim["record"])
+        # The claim found the job id in text Celery writes for display (argsrepr): run
+        # it only if it is the job this message names; else claim as always.
+        if record.id == job_id:
+            run_claimed_on_take(self, store, record, claim["at"])
+            return
+        log.warning("job %s: the claim made on the take names job %s; claimed again",
+                    job_id, record.id)  # fmt: skip
     # `takeover`: a redelivery that found the job's lease still valid and came back later.
     redelivered = takeover or bool((self.request.delivery_info or {}).get("redelivered"))
     claimed_at = time.monotonic()
@@ -307,9 +313,13 @@ def run_claimed(
     # when it really started (it waited in the worker): the outcome says.
     fields.update(worker_pid=os.getpid(), started_at=started_at)
 
-    def answered(ended: Transition | None) -> None:
+    def answered(ended: Transition | Exception | None) -> None:
+        # Released either way: not written, the lease lapses and the job runs again.
         leases.release(behind)
-        if ended is None or not ended.moved:
+        if isinstance(ended, Exception):
+            log.error("job %s: outcome not written (%s); it runs again once its lease lapses",
+                      job_id, ended)  # fmt: skip
+        elif ended is None or not ended.moved:
             log_refused(record, ended)
 
     move = Move(job_id, frozenset({JobState.running}), final, fields, fence=record.attempts)

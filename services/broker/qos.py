@@ -57,6 +57,9 @@ class QoS(kombu_redis.QoS):
         self.depth = 1
         self._taken_at: dict[str, tuple[float, int]] = {}
         self._jobs_timed: deque[float] = deque(maxlen=JOBS_TIMED)
+        # What the channel claimed with each message it holds (TakeClaims.stamp's token):
+        # given back if the message goes back to its queue unrun (`restore_by_tag`).
+        self._claims: dict[str, Any] = {}
 
     # kombu's two checks of the prefetch limit, with `depth` messages a slot.
     def can_consume(self) -> bool:
@@ -84,8 +87,13 @@ class QoS(kombu_redis.QoS):
         else:
             self._recorded.discard(delivery_tag)
 
+    def holds_claim(self, delivery_tag: str, token: Any) -> None:
+        """The message of `delivery_tag` carries a claim of its job (transport.py)."""
+        self._claims[delivery_tag] = token
+
     def append(self, message: Any, delivery_tag: str) -> None:
-        self._taken_at[delivery_tag] = (time.monotonic(), self.depth)
+        if self.channel.claims is not None:  # timed only for a worker that deepens
+            self._taken_at[delivery_tag] = (time.monotonic(), self.depth)
         if delivery_tag in self._recorded:
             self._recorded.discard(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)
@@ -113,6 +121,7 @@ class QoS(kombu_redis.QoS):
         taken = self._taken_at.pop(delivery_tag, None)
         if taken is not None:
             self._jobs_timed.append((time.monotonic() - taken[0]) / taken[1])
+        self._claims.pop(delivery_tag, None)
         with self._acks_lock:
             self._acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)  # frees the prefetch slot now
@@ -129,7 +138,32 @@ class QoS(kombu_redis.QoS):
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         self._taken_at.pop(delivery_tag, None)
-        super().reject(delivery_tag, requeue=requeue)
+        if not requeue:
+            self._claims.pop(delivery_tag, None)
+        super().reject(delivery_tag, requeue=requeue)  # requeue: by restore_by_tag
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        # Every way a taken message goes back to its queue comes here: a requeue (its
+        # pool process died, or gave up on Redis), the unacknowledged at shutdown, a
+        # take a closing channel read. Its job, if claimed on the take, is given back
+        # first, so the message's next taker claims it from `queued` and runs it at once
+        # instead of waiting for a lease nobody renews to lapse.
+        self.release_claims([tag])
+        super().restore_by_tag(tag, client=client, leftmost=leftmost)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        self.release_claims(list(self._delivered))  # in one round trip, then each
+        super().restore_unacked(client)
+
+    def release_claims(self, tags: list[str]) -> None:
+        tokens = [self._claims.pop(tag) for tag in tags if tag in self._claims]
+        claims = self.channel.claims
+        if not tokens or claims is None:
+            return
+        try:
+            claims.release(tokens)
+        except Exception:  # the message still goes back; its job waits for its lease
+            log.exception("could not give back %d claim(s)", len(tokens))
 
     def restore_unacked_once(self, stderr: Any = None) -> Any:
         # At shutdown: what was acknowledged must not come back after the timeout.

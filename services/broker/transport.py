@@ -106,10 +106,14 @@ class TakeClaims(Protocol):
     def arguments(self) -> list[Any]:
         """The script's own arguments, before take.lua's."""
 
-    def stamp(self, payload: dict[str, Any], claim: Any, sent_at: float) -> None:
+    def stamp(self, payload: dict[str, Any], claim: Any, sent_at: float) -> Any:
         """Put the `claim` the script answered for the message `payload` into it (its
         headers travel to the process that runs the job); `sent_at`: when the take was
-        sent, on this host's monotonic clock."""
+        sent, on this host's monotonic clock. A token for `release`, or None if nothing
+        was claimed."""
+
+    def release(self, tokens: list[Any]) -> None:
+        """Give back the claims of messages going back to their queue unrun."""
 
 
 class Channel(kombu_redis.Channel):
@@ -289,15 +293,20 @@ class Channel(kombu_redis.Channel):
         self._queue_busy = len(pairs) >= room
         if not pairs:
             raise Empty()
+        payloads = [loads(bytes_to_str(item)) for _key, item in pairs]
+        if claims and self.claims is not None:
+            # Every claim is known to the QoS before any message is delivered or given
+            # back, so that whatever goes back to the queue gives its claim back too.
+            for payload, claim in zip(payloads, claims, strict=True):
+                token = self.claims.stamp(payload, claim, self._brpop_sent_at)
+                if token is not None:
+                    self.qos.holds_claim(payload["properties"]["delivery_tag"], token)
         if self._closing or self.closed:
             # A closing channel reads its last answer here, and must keep nothing.
             self._restore_taken(pairs)
             raise Empty()
-        for index, (key, item) in enumerate(pairs):
-            payload = loads(bytes_to_str(item))
+        for index, ((key, _item), payload) in enumerate(zip(pairs, payloads, strict=True)):
             self.qos.recorded(payload["properties"]["delivery_tag"])
-            if claims and self.claims is not None:
-                self.claims.stamp(payload, claims[index], self._brpop_sent_at)
             dest = key.rsplit(self.sep, 1)[0]
             try:
                 self._queue_cycle.rotate(dest)

@@ -18,8 +18,8 @@
 -- ARGV[9..]  take.lua's ARGV
 --
 -- Returns {list key, message, claim, ...}: claim is transition.lua's answer with the
--- record (moved or not), or nil when the message was not one to claim here or its
--- record is gone.
+-- record (moved or not) and then the job id, or nil when the message was not one to
+-- claim here or its record is gone.
 
 local OWN = 8
 local UUID = '%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x'
@@ -40,18 +40,24 @@ local function claim(item)
   if given(headers['eta']) or given(headers['redelivered']) then return false end
   local info = type(properties) == 'table' and properties['delivery_info']
   if type(info) == 'table' and given(info['redelivered']) then return false end
-  local kwargsrepr, argsrepr, task_id = headers['kwargsrepr'], headers['argsrepr'], headers['id']
-  if type(kwargsrepr) == 'string' and string.find(kwargsrepr, 'takeover', 1, true) then
-    return false
-  end
+  local argsrepr, task_id = headers['argsrepr'], headers['id']
   -- The job id is the task's one argument: Celery shows it in argsrepr, "['<uuid>']".
+  -- Read from text meant for display, so the pool process checks it against the
+  -- argument it runs with (worker/tasks.py); a message to take a job over finds the
+  -- job running and is not claimed here.
   local id = type(argsrepr) == 'string' and string.match(argsrepr, UUID)
   if not id or type(task_id) ~= 'string' then return false end
-  return transition(
+  -- A claim that fails (a record of another shape) leaves its message to the pool
+  -- process, as transition_batch.lua leaves a failed move: the messages are taken and
+  -- recorded as unacknowledged already, and the indexes are written by flush().
+  local ok, answer = pcall(transition,
     {ARGV[2] .. id, ARGV[3], ARGV[4], ARGV[5]},
     {'queued', id, 'running', 'arlt', ARGV[1], '0', '',
      'received_at', now, 'started_at', now, 'worker_host', ARGV[7], 'worker_node', ARGV[8],
      'worker_pid', '', 'task_id', task_id})
+  if not ok or not answer then return false end
+  answer[#answer + 1] = id  -- the record's hash does not hold it
+  return answer
 end
 
 local taken = take(KEYS, take_argv)

@@ -61,6 +61,8 @@ class Move:
     to: JobState
     fields: dict[str, Any]
     fence: int | None = None
+    # A claim given back (its message back in the queue): not a retry (transition.lua 'u').
+    released: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ class JobStore:
         for move in moves:
             own_keys, own_args = self._transition_call(
                 move.job_id, move.allowed_from, move.to, move.fields, fence=move.fence,
-                ttl=self.ttl,
+                ttl=self.ttl, released=move.released,
             )  # fmt: skip
             keys += own_keys
             args += [len(own_keys), len(own_args), *own_args]
@@ -223,6 +225,7 @@ class JobStore:
         dispatch_in: float | None = None,
         redelivered: bool = False,
         ttl: int = 0,
+        released: bool = False,
     ) -> tuple[list[str], list[Any]]:
         """The keys and arguments of transition.lua for one move (see `transition`)."""
         flags = (
@@ -232,6 +235,7 @@ class JobStore:
             + ("l" if lease_seconds is not None else "")
             + ("d" if dispatch_in is not None else "")
             + ("v" if redelivered else "")
+            + ("u" if released else "")
         )
         seconds = lease_seconds if lease_seconds is not None else dispatch_in
         args: list[Any] = [

@@ -27,7 +27,9 @@
 --            so a job sent once more (a retry) cannot expire before it runs; 'l' set
 --            lease_until to now + ARGV[5]; 'd' set dispatched_at to now + ARGV[5];
 --            'v' the run starts from a message delivered again (counted); 't' the claim
---            rides on the worker's take (counted: worker/pipeline.py); '-' none
+--            rides on the worker's take (counted: worker/pipeline.py); 'u' a claim
+--            given back, its message put back in the queue (not counted as a retry);
+--            '-' none
 -- ARGV[5]    seconds, for 'l' and 'd'
 -- ARGV[6]    the TTL in seconds, for 'e'
 -- ARGV[7]    the fence: the attempt number the writing run holds, or '' for a write
@@ -161,7 +163,9 @@ local function transition(KEYS, ARGV)
   end
   if string.find(ARGV[4], 'v') and new_state == 'running' then count('redelivered', '', 1) end
   if string.find(ARGV[4], 't') and new_state == 'running' then count('claimed_on_take', '', 1) end
-  if state == 'running' and new_state == 'queued' then count('retried', '', 1) end
+  if state == 'running' and new_state == 'queued' and not string.find(ARGV[4], 'u') then
+    count('retried', '', 1)
+  end
   if state ~= new_state
     and (new_state == 'succeeded' or new_state == 'failed' or new_state == 'cancelled') then
     -- The run time, when the outcome says when it finished: both times are the worker's.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from services.core import redis_keys
 from tests.stack import Stack
 
 VISIBILITY_TIMEOUT = 4
@@ -62,10 +63,15 @@ def test_a_pool_process_killed_with_its_outcome_not_written_loses_no_job(
         assert (hit["state"], hit["attempts"], hit["finished_at"]) == ("running", 1, None), hit
 
         done, again = stack.wait_for([first["id"], second["id"]], timeout=10 * VISIBILITY_TIMEOUT)
+        task_id = client.hget(redis_keys.job(second["id"]), "task_id")
     assert done["state"] == "succeeded" and done["attempts"] == 1, done
+    # Its message had been acknowledged (written behind, the outcome had not reached
+    # Redis when the run ended): the job came back by the reconciler, which sends a new
+    # message under a new task id, not by Celery handing the old message back.
+    assert task_id != second["id"], task_id
     assert again["state"] == "succeeded" and again["attempts"] == 2, again
     # Sent again by the reconciler once the lease lapsed, not at once; and within a few
-    # visibility timeouts (the lease, the reconciler's wait, its sweep).
+    # visibility timeouts (the lease, then the reconciler's wait past it and its sweep).
     back_after = again["started_at"] - killed_at
     print(
         f"\nrun again {back_after:.1f} s after the kill (visibility timeout {VISIBILITY_TIMEOUT} s)"

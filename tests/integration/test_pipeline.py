@@ -4,8 +4,9 @@ in the worker checked before it starts, outcomes written behind the run."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
@@ -23,7 +24,14 @@ from services.jobs.record import JobRecord, decode_record
 from services.jobs.store import JobStore, Move
 from services.jobs.submission import JobSpec, new_record, store_and_send
 from tests.stack import Stack, workload_module
-from worker.pipeline import CLAIM_HEADER, ClaimOnTake, Outcome, OutcomeWriter, lease_after_wait
+from worker.pipeline import (
+    CLAIM_HEADER,
+    DEPTH,
+    ClaimOnTake,
+    Outcome,
+    OutcomeWriter,
+    lease_after_wait,
+)
 
 QUEUE = POOLS["prefork"].queue
 
@@ -39,21 +47,35 @@ def queued_jobs(server: RedisServer, store: JobStore, count: int) -> list[JobRec
     return records
 
 
+def claiming_consumer(
+    server: RedisServer, store: JobStore, prefetch: int
+) -> tuple[Connection, object, list]:
+    """A consumer of prefork's queue whose takes claim, as a prefork worker's do with
+    its pipeline on, and the messages it got (not acknowledged)."""
+    connection = Connection(server.url, transport=Transport)
+    connection.connect()
+    channel = connection.channel()
+    channel.claims = ClaimOnTake("on", 30.0, "host-a", "prefork@host-a", lambda: store)
+    channel.basic_qos(prefetch_count=prefetch)
+    got: list = []
+    channel.basic_consume(QUEUE, no_ack=False, callback=got.append, consumer_tag="t")
+    return connection, channel, got
+
+
+def drain_until(connection: Connection, done: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=0.2)
+
+
 def test_a_take_claims_the_jobs_of_the_messages_it_takes(server: RedisServer) -> None:
     store = job_store(server)
     records = queued_jobs(server, store, 6)
     cancelled = records[-1]
     assert store.transition(cancelled.id, {JobState.queued}, JobState.cancelled).moved
-    connection = Connection(server.url, transport=Transport)
-    connection.connect()
-    channel = connection.channel()
-    channel.claims = ClaimOnTake("on", 30.0, "host-a", "prefork@host-a")
-    channel.basic_qos(prefetch_count=10)
-    got: list = []
-    channel.basic_consume(QUEUE, no_ack=False, callback=got.append, consumer_tag="t")
-    deadline = time.monotonic() + 10
-    while len(got) < len(records) and time.monotonic() < deadline:
-        connection.drain_events(timeout=1)
+    connection, _channel, got = claiming_consumer(server, store, prefetch=10)
+    drain_until(connection, lambda: len(got) >= len(records))
     assert len(got) == len(records)
 
     # The first message came by BRPOP, alone, and is left for its pool process to claim;
@@ -80,6 +102,55 @@ def test_a_take_claims_the_jobs_of_the_messages_it_takes(server: RedisServer) ->
     assert cancelled.id in late.headers["argsrepr"]
     assert store.get(cancelled.id).state == JobState.cancelled
     assert read_job_metrics(store.redis).claimed_on_take == {("prefork", "noop"): 4}
+    connection.release()
+
+
+def test_messages_that_go_back_unrun_give_their_claims_back(server: RedisServer) -> None:
+    """A worker stopping with messages it claimed but never ran (or a pool process that
+    died with one) puts them back in the queue: their jobs go back to `queued`, so the
+    next taker runs them at once, not after a lease nobody renews."""
+    store = job_store(server)
+    records = queued_jobs(server, store, 5)
+    connection, channel, got = claiming_consumer(server, store, prefetch=10)
+    drain_until(connection, lambda: len(got) >= len(records))
+    claimed = [m for m in got if CLAIM_HEADER in m.headers]
+    assert len(claimed) == 4
+    # One goes back alone (Celery's requeue of a lost pool process's message); the
+    # rest at the channel's close (a stopping worker's unacknowledged messages).
+    requeued = decode_record(claimed[0].headers[CLAIM_HEADER]["record"]).id
+    claimed[0].reject(requeue=True)
+    assert store.get(requeued).state == JobState.queued
+    channel.close()
+    connection.release()
+    for record in records:
+        again = store.get(record.id)
+        # Back to queued; the attempt the claim counted stays counted (its fence).
+        assert again.state == JobState.queued, again
+        assert again.attempts == (
+            1 if any(record.id in m.headers["argsrepr"] for m in claimed) else 0
+        )
+        assert again.worker_node is None and again.received_at is None
+    assert store.redis.llen(QUEUE) == len(records)  # every message back in the queue
+    assert read_job_metrics(store.redis).retried == {}  # a claim given back is no retry
+
+
+def test_while_jobs_are_short_a_claiming_worker_holds_several_messages_a_slot(
+    server: RedisServer,
+) -> None:
+    store = job_store(server)
+    queued_jobs(server, store, 30)
+    connection, channel, got = claiming_consumer(server, store, prefetch=2)
+    # The first messages, acknowledged at once: jobs far shorter than a round trip.
+    for _ in range(3):
+        drain_until(connection, lambda: len(got) >= 1)
+        while got:
+            got.pop().ack()
+    # Now it holds DEPTH messages a slot, unacknowledged, and no more.
+    drain_until(connection, lambda: len(got) >= 2 * DEPTH, seconds=5)
+    assert len(got) == 2 * DEPTH, len(got)
+    drain_until(connection, lambda: len(got) > 2 * DEPTH, seconds=1)
+    assert len(got) == 2 * DEPTH
+    assert channel.qos.depth == DEPTH
     connection.release()
 
 
