@@ -101,12 +101,16 @@ class Watched(GroupCommit):
     handed_over = 0  # a killed write had been handed a batch to send
     past_the_dead = 0  # ...one holding another write whose caller had left too
     held_back = 0  # a killed write was first in the queue, waiting out the hold
+    holding = None  # the greenlet waiting out the hold now, if any
     def _hold_back(self, write, hold):
+        Watched.holding = gevent.getcurrent()
         try:
             return super()._hold_back(write, hold)
         except BaseException:
             Watched.held_back += 1
             raise
+        finally:
+            Watched.holding = None
     def _abandon(self, write):
         if write.batch is not None:
             Watched.handed_over += 1
@@ -128,11 +132,22 @@ while (Watched.handed_over == 0 or Watched.past_the_dead == 0
                     near_trip=near_trip)
     group.run(script, [f"k:{rounds}:warm"], [1])  # a trip measured: near or far is known
     greenlets = [gevent.spawn(group.run, script, [f"k:{rounds}:{n}"], [n]) for n in range(40)]
-    # Killed at a random moment; near, every other round within the hold, while the
-    # first waiting write waits it out (timers fire by deadline, so load cannot reorder).
+    # Killed at a random moment; near, every other round, the write waiting out the
+    # hold among them, once one does (a random moment within the hold missed it for 250
+    # rounds on a slow machine, where the writes had not even queued by then).
     within_hold = held_back_needed and rounds % 2
-    gevent.sleep(random.uniform(0, hold if within_hold else 0.01))
-    victims = random.sample(greenlets, 8)
+    victims = []
+    if within_hold:
+        Watched.holding = None
+        waited = 0
+        while Watched.holding is None and waited < 1000:
+            gevent.sleep(0)
+            waited += 1
+        if Watched.holding is not None:
+            victims.append(Watched.holding)
+    else:
+        gevent.sleep(random.uniform(0, 0.01))
+    victims += random.sample([g for g in greenlets if g not in victims], 8 - len(victims))
     gevent.killall(victims, block=True)
     survivors = [g for g in greenlets if g not in victims]
     # Stranded writes never end: wait while batches still complete (each is one round
