@@ -1,4 +1,5 @@
-"""A keep-alive HTTP session that lets an idle connection go before the server does.
+"""A keep-alive HTTP session that lets an idle connection go before the server does, and
+reads the environment's proxy settings once instead of on every call.
 
 A server closes a kept-alive connection after its own idle timeout (the API's: 75 s,
 api/gunicorn_conf.py; a proxy's in front of it: often 60 s). A client that reuses the
@@ -48,3 +49,22 @@ class ExpiringSession(requests.Session):
             return super().request(method, url, *args, **kwargs)
         finally:
             self._last_used = time.monotonic()
+
+
+def read_environment_once(session: requests.Session, url: str) -> None:
+    """Apply now what the environment says for `url` (HTTP(S)_PROXY and NO_PROXY, the CA
+    bundle of REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, a ~/.netrc entry when the session sends
+    no key of its own), then stop requests from reading it again on every call.
+
+    With `trust_env`, requests walks every environment variable and looks for a netrc file
+    on each request: a fifth of a `Client.submit` call to a bare server (measured,
+    docs/client.md). A variable changed after the client was made is therefore not seen;
+    a new client sees it."""
+    found = session.merge_environment_settings(url, {}, None, None, None)
+    session.proxies.update(found["proxies"])
+    session.verify = found["verify"]
+    # Only without a key: with trust_env, a netrc entry for the API's host replaced the
+    # client's bearer token with basic auth, which the API refuses.
+    if "Authorization" not in session.headers:
+        session.auth = requests.utils.get_netrc_auth(url)
+    session.trust_env = False

@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from services.client.errors import ApiError, ApiUnreachable
-from services.client.session import ExpiringSession
+from services.client.session import ExpiringSession, read_environment_once
 
 # Methods a server may receive twice with the effect of once: a 503 is retried for them.
 # A POST only with an Idempotency-Key, for a 503 may come after Redis took the job.
@@ -33,6 +33,7 @@ class Transport:
         self.session.headers["User-Agent"] = "jobrunner-client"
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+        read_environment_once(self.session, self.url)
 
     def request(
         self,

@@ -53,3 +53,70 @@ def test_a_connection_is_reused_while_fresh_and_dropped_once_idle_too_long(serve
     assert first == second == third, "calls in quick succession share one connection"
     assert after_idle != third, "a connection idle past the limit was reused"
     assert next_one == after_idle, "the new connection is kept alive in turn"
+
+
+class Seen(BaseHTTPRequestHandler):
+    """Answers 200 to any GET and records its request line's target (absolute when the
+    request came to it as a proxy) and its Authorization header."""
+
+    protocol_version = "HTTP/1.1"
+    requests: ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_GET(self) -> None:
+        Seen.requests.append((self.path, self.headers.get("Authorization")))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def seen() -> Iterator[str]:
+    Seen.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Seen)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_proxy_the_environment_names_is_used_as_it_was_when_the_client_was_made(
+    seen: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.client.transport import Transport
+
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", seen)  # the recorder stands in for a proxy
+    transport = Transport("http://api.invalid:8000", "k", timeout=5, retry_for=0)
+    transport.request("GET", "/jobs")
+    monkeypatch.delenv("HTTP_PROXY")  # read once: the client keeps its proxy
+    transport.request("GET", "/jobs")
+    assert [target for target, _ in Seen.requests] == ["http://api.invalid:8000/jobs"] * 2
+
+    monkeypatch.setenv("HTTP_PROXY", seen)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a host NO_PROXY names is reached directly
+    Seen.requests = []
+    Transport(seen, "k", timeout=5, retry_for=0).request("GET", "/jobs")
+    assert [target for target, _ in Seen.requests] == ["/jobs"]
+
+
+def test_a_netrc_entry_for_the_api_host_does_not_replace_the_clients_key(
+    seen: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from services.client.transport import Transport
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    Transport(seen, "the-key", timeout=5, retry_for=0).request("GET", "/jobs")
+    Transport(seen, None, timeout=5, retry_for=0).request("GET", "/jobs")
+    (_, with_key), (_, without_key) = Seen.requests
+    assert with_key == "Bearer the-key"
+    assert without_key is not None and without_key.startswith("Basic "), "netrc still applies"
