@@ -91,7 +91,12 @@ def one_run(
     commands_before = command_counts(client)
     cpu_before = tree_cpu_seconds(worker_pid)
     ids: list[str] = []
-    for start in range(0, args.jobs, BATCH):
+    if args.one_by_one:
+        for _ in range(args.jobs):
+            answer = stack.http.post(f"{stack.url}/jobs", json=job(args.workload, args.pool))
+            answer.raise_for_status()
+            ids.append(answer.json()["id"])
+    for start in range(0, args.jobs if not args.one_by_one else 0, BATCH):
         jobs = [job(args.workload, args.pool)] * min(BATCH, args.jobs - start)
         answer = stack.http.post(f"{stack.url}/jobs/batch", json={"jobs": jobs}, timeout=60)
         answer.raise_for_status()
@@ -164,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--loglevel", default="WARNING", help="the worker's WORKER_LOGLEVEL (make run: INFO)"
+    )
+    parser.add_argument(
+        "--one-by-one", action="store_true", help="a POST /jobs a job instead of batches"
     )
     parser.add_argument(
         "--by-command", action="store_true", help="also print Redis commands per job by name"
