@@ -9,7 +9,8 @@ with the whole `make bench`.
 
 A stack of its own (Redis as compose runs it, the API, one worker logging warnings only
 unless `--loglevel` says otherwise, as the bench runs workers); each repetition sends the
-jobs through `POST /jobs/batch`, waits for the last, and reads every record back. It
+jobs through `POST /jobs/batch` (`--one-by-one`: a `POST /jobs` a job, with requests),
+waits for the last, and reads every record back. It
 prints, per repetition:
 
 - jobs/s from the first submission to the last finish, and for `sleep` the share of the
