@@ -76,6 +76,16 @@ class Figure:
             return None
         return system.concurrency * system.processes / self.seconds
 
+    def sending_allows(self, system: System, n: int, send_seconds: float) -> float | None:
+        """The share of the ideal a run can reach at most once its producer took
+        `send_seconds` to send `n` jobs, however fast the worker: the last job, sent at
+        the end, sleeps after it. A producer slower than the ideal rate caps the run."""
+        ideal = self.ideal(system)
+        if ideal is None:
+            return None
+        ideal_seconds = n / ideal
+        return ideal_seconds / max(send_seconds + self.seconds, ideal_seconds)
+
 
 ASYNC_KINDS = {"taskiq": "asyncio", "arq": "asyncio", "rq": "processes"}
 # The figures' titles: the headings of their tables in a run's record, which
@@ -219,21 +229,28 @@ def summary_table(run: FigureRun) -> str:
     """One row per system and way of sending: medians of the checked runs."""
     fig = run.figure
     head = (
-        "| system | sent | jobs/s (median) | % of ideal | worker CPU ms/job | "
+        "| system | sent | jobs/s (median) | % of ideal | sending, jobs/s | "
+        "% of ideal the sending allows | worker CPU ms/job | "
         "client CPU ms/job | Redis cmds/job | runs checked | jobs a run |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
     )
     out = [head]
     for system in fig.systems:
         if system.key in run.failed:
             out.append(f"| {system.label} | - | not measured: {run.failed[system.key]} "
-                       "| | | | | | |")  # fmt: skip
+                       "| | | | | | | | |")  # fmt: skip
             continue
         for mode in system.modes:
             runs = [s for s in run.samples if s.system == system.key and s.mode == mode]
             rate = median(run.values(system, mode))
             ideal = fig.ideal(system)
             share = f"{100 * rate / ideal:.0f} %" if rate and ideal else "-"
+            checked = [s for s in runs if s.ok and s.send_seconds and s.rep >= 0]
+            sending = median([s.n / s.send_seconds for s in checked if s.send_seconds])
+            allows = median([
+                fig.sending_allows(system, s.n, s.send_seconds) or 0.0
+                for s in checked if s.send_seconds
+            ]) if ideal else None  # fmt: skip
             call = CALLS[system.library][1 if mode == BULK else 0]
             if mode == CLIENT:
                 call = "jobrunner.Client.submit"
@@ -241,7 +258,8 @@ def summary_table(run: FigureRun) -> str:
                 call = "POST /jobs"
             out.append(
                 f"| {system.label} | {MODE_TITLES[BULK if mode == BULK else ONE]}: {call} | "
-                f"{fmt(rate, 0)} | {share} | "
+                f"{fmt(rate, 0)} | {share} | {fmt(sending, 0)} | "
+                f"{f'{100 * allows:.0f} %' if allows else '-'} | "
                 f"{fmt(median(run.values(system, mode, 'worker_cpu_ms')))} | "
                 f"{fmt(median(run.values(system, mode, 'client_cpu_ms')))} | "
                 f"{fmt(median(run.values(system, mode, 'commands_per_job')))} | "

@@ -189,6 +189,8 @@ class Sample:
     n: int
     jobs_per_s: float | None = None
     elapsed: float | None = None
+    # From the first enqueue to the last returning: the producer's sending alone.
+    send_seconds: float | None = None
     commands_per_job: float | None = None
     worker_cpu_ms: float | None = None  # per job
     client_cpu_ms: float | None = None  # per job: the producer (and jobrunner's API)
@@ -209,9 +211,10 @@ class Sample:
             check += f" (first wrong: {self.mismatches})"
         if self.error:
             check += f"; {self.error}"
+        sent = f"sent in {self.send_seconds:.2f} s, " if self.send_seconds else ""
         return (
             f"  rep {self.rep + 1} {self.system} [{self.mode}]: {self.jobs_per_s:,.0f} jobs/s, "
-            f"worker CPU {self.worker_cpu_ms:.2f} ms/job, client CPU "
+            f"{sent}worker CPU {self.worker_cpu_ms:.2f} ms/job, client CPU "
             f"{self.client_cpu_ms:.2f} ms/job, {self.commands_per_job:.2f} Redis cmds/job, {check}"
         )
 
@@ -226,6 +229,7 @@ def sample_from(
     if done.get("elapsed"):
         sample.elapsed = float(done["elapsed"])
         sample.jobs_per_s = n / sample.elapsed
+        sample.send_seconds = float(done["send_seconds"])
         sample.commands_per_job = float(done["commands"]) / n
         sample.worker_cpu_ms = worker_cpu * 1000 / n
         sample.client_cpu_ms = (client_cpu + float(done["producer_cpu"])) * 1000 / n

@@ -130,10 +130,16 @@ def test_only_marked_lines_are_the_benchs() -> None:
 
 def test_a_sample_is_per_job_and_ok_only_when_every_result_checked() -> None:
     system = System("huey", "threads", 8, (ONE, BULK))
-    done = {"elapsed": 2.0, "commands": 5_000, "producer_cpu": 0.5, "error": None}
+    done = {
+        "elapsed": 2.0,
+        "send_seconds": 1.5,
+        "commands": 5_000,
+        "producer_cpu": 0.5,
+        "error": None,
+    }
     verified = {"count": 1_000, "mismatches": [], "error": None}
     sample = sample_from(0, system, ONE, "noop", 1_000, done, verified, 0.4, 0.1)
-    assert sample.jobs_per_s == 500 and sample.commands_per_job == 5
+    assert sample.jobs_per_s == 500 and sample.commands_per_job == 5 and sample.send_seconds == 1.5
     assert sample.worker_cpu_ms == pytest.approx(0.4) and sample.client_cpu_ms == pytest.approx(0.6)
     assert sample.ok
     short = sample_from(0, system, ONE, "noop", 1_000, done, {**verified, "count": 999}, 0.4, 0)
@@ -275,6 +281,25 @@ def test_sleep_targets_are_shares_of_the_ideal() -> None:
     assert "best peer Dramatiq threads -c100: 93 %" in one.note
     assert rows["2,000 x sleep(0.1), jobrunner gevent -c100, bulk, share of ideal"].met()
     assert "| 88 % |" in summary_table(run)
+
+
+def test_the_table_says_how_far_each_producers_sending_alone_lets_a_run_go() -> None:
+    gevent = jobrunner_system("gevent", 100, (ONE, BULK))
+    huey = System("huey", "threads", 100, (ONE,))
+    fig = Figure("sleep100", "sleep", "sleep", {False: 2_000, True: 600}, (gevent, huey))
+    # 2,000 jobs at an ideal 1,000/s take 2 s; sent in 2.4 s, the last sleeps until 2.5 s.
+    assert fig.sending_allows(gevent, 2_000, 2.4) == pytest.approx(0.8)
+    assert fig.sending_allows(huey, 2_000, 0.5) == 1.0, "a quick producer caps nothing"
+    run = FigureRun(fig, n_used={gevent.key: 2_000, huey.key: 2_000})
+    one, bulk, peer = (sample(gevent, ONE, 780), sample(gevent, BULK, 900), sample(huey, ONE, 940))
+    for s, sent in ((one, 2.4), (bulk, 0.2), (peer, 0.8)):
+        s.n, s.verified, s.send_seconds = 2_000, 2_000, sent
+    run.samples = [one, bulk, peer]
+    rows = {r.split("|")[2].strip(): r for r in summary_table(run).splitlines()[2:]}
+    assert "| 78 % | 833 | 80 % |" in rows["one by one: POST /jobs"]
+    assert "| 90 % | 10,000 | 100 % |" in rows["bulk: POST /jobs/batch, 1,000 a request"]
+    assert "sent in 2.40 s" in one.line()
+    assert "| - | - |" in summary_table(noop_run()), "no sending share without an ideal"
 
 
 def test_every_system_starts_first_once_and_slow_ones_get_fewer_jobs() -> None:
