@@ -51,10 +51,11 @@ class ExpiringSession(requests.Session):
             self._last_used = time.monotonic()
 
 
-def read_environment_once(session: requests.Session, url: str) -> None:
+def read_environment_once(session: requests.Session, url: str) -> tuple[str, str] | None:
     """Apply now what the environment says for `url` (HTTP(S)_PROXY and NO_PROXY, the CA
-    bundle of REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, a ~/.netrc entry when the session sends
-    no key of its own), then stop requests from reading it again on every call.
+    bundle of REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE), then stop requests from reading it
+    again on every call; the ~/.netrc login for `url`'s host, if any, for the caller to
+    send with its own requests to that URL (a session's `auth` would go to every host).
 
     With `trust_env`, requests walks every environment variable and looks for a netrc file
     on each request: a fifth of a `Client.submit` call to a bare server (measured,
@@ -63,8 +64,5 @@ def read_environment_once(session: requests.Session, url: str) -> None:
     found = session.merge_environment_settings(url, {}, None, None, None)
     session.proxies.update(found["proxies"])
     session.verify = found["verify"]
-    # Only without a key: with trust_env, a netrc entry for the API's host replaced the
-    # client's bearer token with basic auth, which the API refuses.
-    if "Authorization" not in session.headers:
-        session.auth = requests.utils.get_netrc_auth(url)
     session.trust_env = False
+    return requests.utils.get_netrc_auth(url)

@@ -33,7 +33,10 @@ class Transport:
         self.session.headers["User-Agent"] = "jobrunner-client"
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
-        read_environment_once(self.session, self.url)
+        netrc_login = read_environment_once(self.session, self.url)
+        # A netrc login only without a key: with requests' own reading, a netrc entry for
+        # the API's host replaced the bearer key with basic auth, which the API refuses.
+        self._auth = None if api_key else netrc_login
 
     def request(
         self,
@@ -69,6 +72,7 @@ class Transport:
 
     def send(self, method: str, path: str, timeout: float, **kwargs: Any) -> requests.Response:
         try:
+            kwargs.setdefault("auth", self._auth)
             return self.session.request(method, self.url + path, timeout=timeout, **kwargs)
         except requests.Timeout:
             raise ApiUnreachable(self.url, f"no answer within {timeout:g} s") from None

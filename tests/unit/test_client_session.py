@@ -1,4 +1,5 @@
-"""The client's session lets a connection idle past its limit go instead of reusing it
+"""The client's session lets a connection idle past its limit go instead of reusing it,
+and reads the environment's proxy, CA and netrc settings once, when the client is made
 (services/client/session.py), against a real HTTP/1.1 server that keeps connections."""
 
 from __future__ import annotations
@@ -7,11 +8,13 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from services.client.session import ExpiringSession
+from services.client.transport import Transport
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -85,38 +88,63 @@ def seen() -> Iterator[str]:
         httpd.server_close()
 
 
-def test_the_proxy_the_environment_names_is_used_as_it_was_when_the_client_was_made(
-    seen: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from services.client.transport import Transport
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment without the machine's own proxy variables (urllib prefers the
+    lower-case ones, so a CI machine's http_proxy would win over the test's)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE",
+                 "CURL_CA_BUNDLE", "NETRC"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
 
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.setenv("HTTP_PROXY", seen)  # the recorder stands in for a proxy
+
+def test_the_proxy_the_environment_names_is_used_as_it_was_when_the_client_was_made(
+    seen: str, no_proxy_settings: pytest.MonkeyPatch
+) -> None:
+    env = no_proxy_settings
+    env.setenv("HTTP_PROXY", seen)  # the recorder stands in for a proxy
     transport = Transport("http://api.invalid:8000", "k", timeout=5, retry_for=0)
     transport.request("GET", "/jobs")
-    monkeypatch.delenv("HTTP_PROXY")  # read once: the client keeps its proxy
+    env.delenv("HTTP_PROXY")  # read once: the client keeps its proxy
     transport.request("GET", "/jobs")
+    transport.close()
     assert [target for target, _ in Seen.requests] == ["http://api.invalid:8000/jobs"] * 2
 
-    monkeypatch.setenv("HTTP_PROXY", seen)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a host NO_PROXY names is reached directly
+    env.setenv("HTTP_PROXY", seen)
+    env.setenv("NO_PROXY", "127.0.0.1")  # a host NO_PROXY names is reached directly
     Seen.requests = []
-    Transport(seen, "k", timeout=5, retry_for=0).request("GET", "/jobs")
+    direct = Transport(seen, "k", timeout=5, retry_for=0)
+    direct.request("GET", "/jobs")
+    direct.close()
     assert [target for target, _ in Seen.requests] == ["/jobs"]
 
 
-def test_a_netrc_entry_for_the_api_host_does_not_replace_the_clients_key(
-    seen: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+def test_the_ca_bundle_the_environment_names_is_kept_and_never_looked_up_again(
+    no_proxy_settings: pytest.MonkeyPatch,
 ) -> None:
-    from services.client.transport import Transport
+    no_proxy_settings.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    transport = Transport("https://api.invalid", "k", timeout=5, retry_for=0)
+    assert transport.session.verify == "/etc/ssl/certs/ca-certificates.crt"
+    assert transport.session.trust_env is False, "requests would read it all on every call"
+    transport.close()
 
+
+def test_a_netrc_entry_for_the_api_host_does_not_replace_the_clients_key(
+    seen: str, no_proxy_settings: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login someone password secret\n")
     netrc.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc))
-    Transport(seen, "the-key", timeout=5, retry_for=0).request("GET", "/jobs")
-    Transport(seen, None, timeout=5, retry_for=0).request("GET", "/jobs")
-    (_, with_key), (_, without_key) = Seen.requests
-    assert with_key == "Bearer the-key"
-    assert without_key is not None and without_key.startswith("Basic "), "netrc still applies"
+    no_proxy_settings.setenv("NETRC", str(netrc))
+    with_key, without_key = (Transport(seen, key, timeout=5, retry_for=0) for key in ("k", None))
+    with_key.request("GET", "/jobs")
+    without_key.request("GET", "/jobs")
+    # Only to the API's own URL: the session's other requests carry no netrc login.
+    without_key.session.get(f"{seen}/elsewhere", timeout=5)
+    for transport in (with_key, without_key):
+        transport.close()
+    (_, keyed), (_, by_netrc), (_, elsewhere) = Seen.requests
+    assert keyed == "Bearer k"
+    assert by_netrc is not None and by_netrc.startswith("Basic "), "netrc still applies"
+    assert elsewhere is None
