@@ -1,16 +1,19 @@
-"""One pool, one workload, sent in bulk: how close a worker comes to its ideal, and where
-the rest goes. The tool behind the before/after figures of issue 13's changes
+"""One pool, one workload, sent in bulk or one by one: how close a worker comes to its
+ideal, and where the rest goes. The tool behind the before/after figures of issue 13's changes
 (bench/RESULTS.md), for a change to a worker's hot path measured in minutes rather than
 with the whole `make bench`.
 
     .venv/bin/python -m bench.pool_run --pool gevent --concurrency 100 --jobs 2000 \\
         --workload sleep --reps 3
     .venv/bin/python -m bench.pool_run --pool threads --concurrency 100 --workload noop
+    .venv/bin/python -m bench.pool_run --pool gevent --workload noop --one-by-one --by-command
 
 A stack of its own (Redis as compose runs it, the API, one worker logging warnings only
 unless `--loglevel` says otherwise, as the bench runs workers); each repetition sends the
 jobs through `POST /jobs/batch` (`--one-by-one`: a `POST /jobs` a job, with requests),
-waits for the last, and reads every record back. It
+waits for the last, and reads every record back. (Its HTTP session is plain requests,
+which reads the environment on every call, unlike jobrunner's client: a share of a
+one-by-one run's sending is that.) It
 prints, per repetition:
 
 - jobs/s from the first submission to the last finish, and for `sleep` the share of the
@@ -23,7 +26,7 @@ prints, per repetition:
   from the first submission to the last acknowledgement, less this tool's own polls
   (`--by-command`: by name);
 - how long after the first submission the first job started, and how long the
-  submissions themselves took (the API accepting each batch): time in the span that no
+  submissions themselves took (the API accepting each request): time in the span that no
   worker can use.
 
 and after the last, the worker's memory per slot: the PSS of its processes (pages prefork
@@ -64,7 +67,7 @@ class PoolRun:
     refill_gap_ms: float
     redis_commands: float
     # Where the span goes besides the jobs' own time: from the first submission to the
-    # first start, and the submissions' own span (the API accepting every batch).
+    # first start, and the submissions' own span (the API accepting every request).
     first_start_ms: float = 0.0
     submitting_ms: float = 0.0
     by_command: dict[str, float] | None = None
@@ -94,14 +97,16 @@ def one_run(
     ids: list[str] = []
     if args.one_by_one:
         for _ in range(args.jobs):
-            answer = stack.http.post(f"{stack.url}/jobs", json=job(args.workload, args.pool))
+            body = job(args.workload, args.pool)
+            answer = stack.http.post(f"{stack.url}/jobs", json=body, timeout=60)
             answer.raise_for_status()
             ids.append(answer.json()["id"])
-    for start in range(0, args.jobs if not args.one_by_one else 0, BATCH):
-        jobs = [job(args.workload, args.pool)] * min(BATCH, args.jobs - start)
-        answer = stack.http.post(f"{stack.url}/jobs/batch", json={"jobs": jobs}, timeout=60)
-        answer.raise_for_status()
-        ids += [record["id"] for record in answer.json()["jobs"]]
+    else:
+        for start in range(0, args.jobs, BATCH):
+            jobs = [job(args.workload, args.pool)] * min(BATCH, args.jobs - start)
+            answer = stack.http.post(f"{stack.url}/jobs/batch", json={"jobs": jobs}, timeout=60)
+            answer.raise_for_status()
+            ids += [record["id"] for record in answer.json()["jobs"]]
     wait_succeeded(client, before, len(ids))
     cpu = tree_cpu_seconds(worker_pid) - cpu_before
     time.sleep(ACK_SETTLE)  # the last acknowledgements' deletions, sent a moment later

@@ -77,9 +77,10 @@ class Figure:
         return system.concurrency * system.processes / self.seconds
 
     def sending_allows(self, system: System, n: int, send_seconds: float) -> float | None:
-        """The share of the ideal a run can reach at most once its producer took
-        `send_seconds` to send `n` jobs, however fast the worker: the last job, sent at
-        the end, sleeps after it. A producer slower than the ideal rate caps the run."""
+        """About the most of the ideal a run reaches once its producer took `send_seconds`
+        to send `n` jobs, however fast the worker: the last job, sent at the end, sleeps
+        after it. (Its sending ends when the last call returns; the worker may have taken
+        that job a moment before.) A producer slower than the ideal rate caps the run."""
         ideal = self.ideal(system)
         if ideal is None:
             return None
@@ -245,12 +246,10 @@ def summary_table(run: FigureRun) -> str:
             rate = median(run.values(system, mode))
             ideal = fig.ideal(system)
             share = f"{100 * rate / ideal:.0f} %" if rate and ideal else "-"
-            checked = [s for s in runs if s.ok and s.send_seconds and s.rep >= 0]
-            sending = median([s.n / s.send_seconds for s in checked if s.send_seconds])
-            allows = median([
-                fig.sending_allows(system, s.n, s.send_seconds) or 0.0
-                for s in checked if s.send_seconds
-            ]) if ideal else None  # fmt: skip
+            sent = [(s.n, s.send_seconds) for s in runs if s.ok and s.send_seconds and s.rep >= 0]
+            sending = median([n / seconds for n, seconds in sent])
+            allows = median([fig.sending_allows(system, n, seconds) or 0.0
+                             for n, seconds in sent]) if ideal else None  # fmt: skip
             call = CALLS[system.library][1 if mode == BULK else 0]
             if mode == CLIENT:
                 call = "jobrunner.Client.submit"

@@ -298,8 +298,13 @@ def test_the_table_says_how_far_each_producers_sending_alone_lets_a_run_go() -> 
     rows = {r.split("|")[2].strip(): r for r in summary_table(run).splitlines()[2:]}
     assert "| 78 % | 833 | 80 % |" in rows["one by one: POST /jobs"]
     assert "| 90 % | 10,000 | 100 % |" in rows["bulk: POST /jobs/batch, 1,000 a request"]
+    assert "| 94 % | 2,500 | 100 % |" in rows["one by one: task(...)"]
     assert "sent in 2.40 s" in one.line()
-    assert "| - | - |" in summary_table(noop_run()), "no sending share without an ideal"
+    noops = noop_run()
+    for s in noops.samples:
+        s.send_seconds = 0.05  # 100 jobs
+    row = next(r for r in summary_table(noops).splitlines() if "POST /jobs/batch" in r)
+    assert "| - | 2,000 | - |" in row, "no share of an ideal without one"
 
 
 def test_every_system_starts_first_once_and_slow_ones_get_fewer_jobs() -> None:
