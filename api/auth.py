@@ -10,6 +10,7 @@ operator sets JOBRUNNER_AUTH=off explicitly, which is logged as a warning.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import time
@@ -23,6 +24,7 @@ from api.errors import Problem
 from services.core import redis_keys
 from services.core.api_keys import key_digest
 from services.core.redis_clients import storage_refusal
+from services.jobs.store import RateCount
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,11 @@ PUBLIC_BLUEPRINTS = frozenset({"dashboard"})
 # configuration, can read no job, and a job reader's key no metrics.
 SCOPE_OVERRIDES = {"jobs.cancel_job": "admin", "metrics.metrics": "metrics"}
 ADMIN_BLUEPRINTS = frozenset({"experiments"})
+# Submissions count against their key's rate limit in the script that stores their jobs
+# (services/jobs/create.lua), not in a round trip to Redis of their own: one round trip
+# a job instead of two, which is what a submission costs an API far from Redis. Not with
+# an Idempotency-Key, whose submission goes through scripts of its own.
+COUNTED_IN_THEIR_WRITE = frozenset({"jobs.create_job", "batch.create_batch"})
 
 
 @dataclass(frozen=True)
@@ -96,18 +103,18 @@ def identify(configured: list[ApiKey], header: str | None) -> ApiKey | None:
     return found
 
 
+def rate_count(client_name: str, limit: int) -> RateCount:
+    """This request's count against its key's limit: one counter a key and second."""
+    return RateCount(redis_keys.rate_window(client_name, int(time.time())), limit)
+
+
 def enforce_rate_limit(client_name: str, limit: int) -> None:
     """At most `limit` requests per second per key, counted in Redis so every API
     process shares the count."""
     if limit <= 0:
         return
-    window = int(time.time())
-    counter = redis_keys.rate_window(client_name, window)
-    pipe = api_context().store.redis.pipeline(transaction=False)
-    pipe.incr(counter)
-    pipe.expire(counter, 2)
     try:
-        count, _ = pipe.execute()
+        count = count_request(rate_count(client_name, limit).counter)
     except redis.ResponseError as exc:
         if storage_refusal(exc) is None:
             raise
@@ -115,11 +122,30 @@ def enforce_rate_limit(client_name: str, limit: int) -> None:
         # watching its jobs), and every write is refused by Redis itself (a 507).
         return
     if count > limit:
-        raise Problem(
-            429, "Too Many Requests",
-            f"more than {limit} requests per second for key {client_name!r}",
-            headers={"Retry-After": "1"},
-        )  # fmt: skip
+        raise too_many_requests(client_name, limit)
+
+
+def count_request(counter: str) -> int:
+    """Count a request in its key's counter of this second (it expires right after)."""
+    pipe = api_context().store.redis.pipeline(transaction=False)
+    pipe.incr(counter)
+    pipe.expire(counter, 2)
+    count, _ = pipe.execute()
+    return int(count)
+
+
+def too_many_requests(client_name: str, limit: int) -> Problem:
+    return Problem(
+        429, "Too Many Requests", f"more than {limit} requests per second for key {client_name!r}",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
+def count_in_write() -> RateCount | None:
+    """The count a submission makes in the script that stores its jobs (None: none to
+    make, or already made), taken by the write that makes it; a RateLimited from that
+    write is answered with `too_many_requests`."""
+    return g.pop("rate_count", None)
 
 
 def install_auth(app: Flask) -> None:
@@ -156,4 +182,20 @@ def install_auth(app: Flask) -> None:
                     403, "Forbidden", f"key {key.name!r} lacks the {scope!r} scope this needs"
                 )
             g.client_name = key.name
-        enforce_rate_limit(g.client_name, settings.api_rate_limit)
+        limit = settings.api_rate_limit
+        idempotent = "Idempotency-Key" in request.headers
+        if limit > 0 and endpoint in COUNTED_IN_THEIR_WRITE and not idempotent:
+            g.rate_count = rate_count(g.client_name, limit)
+            return
+        enforce_rate_limit(g.client_name, limit)
+
+    @app.teardown_request
+    def _count_submissions_that_wrote_nothing(_exc: BaseException | None) -> None:
+        # A submission that never reached its write (a 400, a 422, Redis down) is counted
+        # now, so a stream of bad requests is held to the limit too; its own answer was
+        # not a 429, whatever the count.
+        pending = count_in_write()
+        if pending is None:
+            return
+        with contextlib.suppress(redis.RedisError):
+            count_request(pending.counter)

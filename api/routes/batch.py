@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 from spectree import Response as SpecResponse
 
+from api.auth import count_in_write, too_many_requests
 from api.context import api_context
 from api.errors import broker_problem, problem_responses
 from api.models import BatchAccepted, BatchSubmission
 from api.openapi import spec
 from api.responses import json_response
 from api.submissions import json_body, parse_batch
+from services.jobs.store import RateLimited
 from services.jobs.submission import BrokerUnavailable, submit_jobs
 
 blueprint = Blueprint("batch", __name__)
@@ -35,7 +37,9 @@ def create_batch() -> Response:
     specs = parse_batch(json_body())
     ctx = api_context()
     try:
-        records = submit_jobs(ctx.store, ctx.celery, specs)
+        records = submit_jobs(ctx.store, ctx.celery, specs, rate=count_in_write())
+    except RateLimited as exc:
+        raise too_many_requests(g.client_name, exc.rate.limit) from None
     except BrokerUnavailable as exc:
         raise broker_problem(exc) from None
     return json_response(BatchAccepted(jobs=records), 202)

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, g, request
 from pydantic import ValidationError
 from spectree import Response as SpecResponse
 
+from api.auth import count_in_write, too_many_requests
 from api.context import api_context
 from api.errors import Problem, broker_problem, found, problem_responses, validation_problem
 from api.models import JobListQuery, JobPage, JobSubmission
@@ -16,6 +17,7 @@ from services.catalog.pools import POOLS
 from services.core.vocabulary import JobState
 from services.jobs.idempotency import IdempotencyConflict, submit_once
 from services.jobs.record import JobRecord
+from services.jobs.store import RateLimited
 from services.jobs.submission import BrokerUnavailable, requeue_job, submit_job
 
 blueprint = Blueprint("jobs", __name__)
@@ -47,7 +49,9 @@ def create_job() -> Response:
                 ctx.store, ctx.celery, job_spec, g.client_name, idempotency_key
             )
         else:
-            record = submit_job(ctx.store, ctx.celery, job_spec)
+            record = submit_job(ctx.store, ctx.celery, job_spec, rate=count_in_write())
+    except RateLimited as exc:
+        raise too_many_requests(g.client_name, exc.rate.limit) from None
     except IdempotencyConflict:
         raise field_problem(
             "Idempotency-Key", "already used with a different request body"

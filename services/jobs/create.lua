@@ -4,7 +4,10 @@
 -- the commands took to run; and the index entries are built here rather than sent. Key
 -- names come from services/core/redis_keys.py, as prefixes.
 --
--- No KEYS: the keys are built from the prefixes below (a batch touches thousands).
+-- KEYS[1]    only with a limit (ARGV[8]): the counter of this second's requests of the
+--            API key that sends the jobs (redis_keys.rate_window). The request is counted
+--            here, in its write's round trip, instead of in one of its own (api/auth.py).
+-- The other keys are built from the prefixes below (a batch touches thousands).
 -- ARGV[1]    the records' TTL, seconds
 -- ARGV[2]    the prefix of a job's hash (redis_keys.job(""))
 -- ARGV[3]    the all-jobs index (redis_keys.job_index())
@@ -12,16 +15,24 @@
 -- ARGV[5]    the prefix of the per-workload indexes
 -- ARGV[6]    the prefix of the per-state indexes
 -- ARGV[7]    N, the number of records
+-- ARGV[8]    the API key's limit, requests a second; 0: nothing to count
 -- then N times six arguments, one record each:
 --            id, index score, state, pool, workload, spec (JSON)
 -- then, for each queue with messages to push:
 --            the number of payloads M, the queue's list key, the M payloads
 --
--- Returns N.
+-- Returns N; or, when the request is one past its key's limit, -C (C: the requests counted
+-- this second), and nothing is written but the count.
 
 local ttl, job_prefix, all_index = ARGV[1], ARGV[2], ARGV[3]
 local pool_prefix, workload_prefix, state_prefix = ARGV[4], ARGV[5], ARGV[6]
 local count = tonumber(ARGV[7])
+local limit = tonumber(ARGV[8])
+if limit > 0 then
+  local counted = redis.call('INCR', KEYS[1])
+  redis.call('EXPIRE', KEYS[1], 2)
+  if counted > limit then return -counted end
+end
 local members, sizes = {}, {}
 local function index(name, score, id)
   local list = members[name]
@@ -30,7 +41,7 @@ local function index(name, score, id)
   list[n + 1], list[n + 2] = score, id
   sizes[name] = n + 2
 end
-local i = 8
+local i = 9
 for _ = 1, count do
   local id, score, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = job_prefix .. id

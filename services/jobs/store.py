@@ -77,6 +77,30 @@ class Transition:
     record: JobRecord | None = None
 
 
+@dataclass(frozen=True)
+class RateCount:
+    """A request counted against its API key's rate limit in the write it makes
+    (create.lua), not in a round trip of its own: `counter`, the key's count of this
+    second (redis_keys.rate_window); `limit`, its requests a second."""
+
+    counter: str
+    limit: int
+
+
+class RateLimited(Exception):
+    """The write was one request past its key's limit: nothing was written but the count."""
+
+    def __init__(self, rate: RateCount, counted: int) -> None:
+        super().__init__(f"{counted} requests this second, over {rate.limit}")
+        self.rate = rate
+
+
+def created_or_refused(answer: int, rate: RateCount | None) -> None:
+    """RateLimited if create.lua's `answer` says it counted the request past its limit."""
+    if rate is not None and int(answer) < 0:
+        raise RateLimited(rate, -int(answer))
+
+
 class JobStore:
     """Job records in one Redis database."""
 
@@ -107,15 +131,21 @@ class JobStore:
         records: list[JobRecord],
         messages: dict[str, list[str]] | None = None,
         pipe: redis.client.Pipeline | None = None,
+        rate: RateCount | None = None,
     ) -> None:
         """Store new records, index them and LPUSH `messages` ({list key: payloads}) in one
         script: atomic, one round trip. (As a MULTI of separate commands, redis-py spent
         more time packing a thousand commands and parsing their replies than Redis took to
         run them: docs/performance.md.) A new record holds its spec and its state; outcomes
-        come later, by transitions."""
+        come later, by transitions.
+
+        With `rate`, the script counts the request first, and writes nothing else if that
+        puts it past the limit: RateLimited (inside `pipe`, the caller checks the script's
+        answer with `created_or_refused`)."""
         args: list[Any] = [
             self.ttl, redis_keys.job(""), redis_keys.job_index(), redis_keys.job_index("pool", ""),
             redis_keys.job_index("workload", ""), redis_keys.job_index("state", ""), len(records),
+            rate.limit if rate else 0,
         ]  # fmt: skip
         for record in records:
             if not record.model_fields_set <= CREATABLE_FIELDS:
@@ -129,7 +159,9 @@ class JobStore:
             args.append(len(payloads))
             args.append(queue)
             args.extend(payloads)
-        self._create(args=args, client=pipe)
+        answer = self._create(keys=[rate.counter] if rate else [], args=args, client=pipe)
+        if pipe is None:
+            created_or_refused(answer, rate)
 
     def prune_indexes(self, chunk: int = 1_000) -> int:
         """Drop the ids of expired records from every index, so each stays the size of

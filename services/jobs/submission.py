@@ -21,7 +21,7 @@ from services.core.redis_clients import storage_refusal
 from services.core.settings import get_settings
 from services.core.vocabulary import JobState
 from services.jobs.record import JobRecord
-from services.jobs.store import JobStore
+from services.jobs.store import JobStore, RateCount, created_or_refused
 
 
 class BrokerUnavailable(Exception):
@@ -159,42 +159,54 @@ def job_messages(celery: Celery, records: list[JobRecord]) -> dict[str, list[str
     return queued
 
 
-def store_and_send(store: JobStore, celery: Celery, records: list[JobRecord]) -> None:
+def store_and_send(
+    store: JobStore, celery: Celery, records: list[JobRecord], rate: RateCount | None = None
+) -> None:
     """Every record, its index entries and its Celery message in one script: one round
     trip, and all of them reach Redis or none does, so a worker never receives a job it
     cannot find and no record waits for a message that was never sent.
 
-    With JOB_ACCEPT_REPLICAS, a WAIT on the same connection follows the script in the
-    same round trip: NotReplicated unless that many replicas have the jobs."""
+    With `rate`, the same script counts the request against its API key's limit, and
+    RateLimited (nothing stored) if it is past it. With JOB_ACCEPT_REPLICAS, a WAIT on the
+    same connection follows the script in the same round trip: NotReplicated unless that
+    many replicas have the jobs."""
     wanted = get_settings().job_accept_replicas
     try:
         messages = job_messages(celery, records)
         if not wanted:
-            store.create_many(records, messages=messages)
+            store.create_many(records, messages=messages, rate=rate)
             return
         pipe = store.redis.pipeline(transaction=False)
-        store.create_many(records, messages=messages, pipe=pipe)
+        store.create_many(records, messages=messages, pipe=pipe, rate=rate)
         pipe.wait(wanted, ACCEPT_WAIT_MS)
-        *_, acknowledged = pipe.execute()
+        created, acknowledged = pipe.execute()
     except (OperationalError, redis.RedisError) as exc:
         raise unavailable(exc) from exc
+    created_or_refused(created, rate)
     replicas_confirm(acknowledged, wanted, len(records))
 
 
 def submit_job(
-    store: JobStore, celery: Celery, spec: JobSpec, job_id: str | None = None
+    store: JobStore,
+    celery: Celery,
+    spec: JobSpec,
+    job_id: str | None = None,
+    rate: RateCount | None = None,
 ) -> JobRecord:
     """Record a job as queued and send it to its pool's queue; BrokerUnavailable (and
-    nothing stored) if Redis cannot take it."""
+    nothing stored) if Redis cannot take it, RateLimited if `rate` counts it past its
+    limit (see store_and_send)."""
     record = new_record(spec, job_id)
-    store_and_send(store, celery, [record])
+    store_and_send(store, celery, [record], rate)
     return record
 
 
-def submit_jobs(store: JobStore, celery: Celery, specs: list[JobSpec]) -> list[JobRecord]:
+def submit_jobs(
+    store: JobStore, celery: Celery, specs: list[JobSpec], rate: RateCount | None = None
+) -> list[JobRecord]:
     """Submit many jobs in one round trip, all or nothing (see store_and_send)."""
     records = [new_record(spec) for spec in specs]
-    store_and_send(store, celery, records)
+    store_and_send(store, celery, records, rate)
     return records
 
 

@@ -17,6 +17,7 @@ import requests
 import requests.adapters
 
 from api.routes.delay import LAB_DELAY_SLOTS, LAB_DELAY_SLOTS_PER_CLIENT
+from services.core import redis_keys
 from services.devstack.redis_server import free_port
 from tests.stack import Stack, bearer
 
@@ -158,6 +159,74 @@ def test_rate_limit_per_key_answers_429_with_retry_after(limited_apis: list[str]
     # Another key has its own budget.
     other = requests.get(f"{limited_apis[0]}/workloads", headers=bearer("submitter"), timeout=10)
     assert other.status_code == 200
+
+
+def test_a_submission_is_counted_in_the_script_that_stores_it(
+    stack: Stack, limited_apis: list[str]
+) -> None:
+    """One round trip to Redis a submission, not two: its count against the key's limit
+    is made inside create.lua (MONITOR names a script's commands' client "lua"), and a
+    submission past the limit is refused there, with nothing stored."""
+    client = stack.redis()
+    client.connection_pool.connection_kwargs["socket_timeout"] = 10
+    job = {"workload": "noop", "params": {"value": 1}, "pool": "threads"}
+    with client.monitor() as monitor:
+        answer = requests.post(
+            f"{limited_apis[0]}/jobs", json=job, headers=bearer("submitter"), timeout=10
+        )
+        assert answer.status_code == 202, answer.text
+        counts = []
+        while not any(c["command"].startswith("LPUSH") for c in counts):
+            command = monitor.next_command()
+            if command["command"].split(" ", 1)[0] in ("INCR", "INCRBY", "LPUSH", "EVALSHA"):
+                counts.append(command)
+    # Any increment of the key's counter (redis-py's incr sends INCRBY).
+    incr = [c for c in counts if c["command"].startswith("INCR") and ":rate:" in c["command"]]
+    assert [c["client_type"] for c in incr] == ["lua"], counts
+    assert ":rate:submitter:" in incr[0]["command"], incr
+
+    for _ in range(3):
+        time.sleep(1 - time.time() % 1)  # a burst inside one counting window
+        window = int(time.time())
+        before = client.zcard(redis_keys.job_index())
+        answers = [
+            requests.post(f"{limited_apis[i % 2]}/jobs", json=job, headers=bearer("submitter"),
+                          timeout=10)
+            for i in range(6)
+        ]  # fmt: skip
+        if int(time.time()) == window:
+            break
+    else:
+        pytest.skip("no burst of 6 submissions fitted in one second on this machine")
+    codes = [a.status_code for a in answers]
+    assert codes.count(202) == 3 and codes.count(429) == 3, codes  # one count for both APIs
+    assert client.zcard(redis_keys.job_index()) - before == 3, "a refused submission stored a job"
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_submission_that_stores_nothing_still_counts(limited_apis: list[str]) -> None:
+    """Counted in its write, a submission refused before it (a 422) is counted after:
+    invalid requests are held to the limit too."""
+    for _ in range(3):
+        time.sleep(1 - time.time() % 1)
+        window = int(time.time())
+        bad = [
+            requests.post(f"{limited_apis[0]}/jobs", json={"workload": "nope"},
+                          headers=bearer("submitter"), timeout=10)
+            for _ in range(3)
+        ]  # fmt: skip
+        good = requests.post(
+            f"{limited_apis[1]}/jobs", json={"workload": "noop"}, headers=bearer("submitter"),
+            timeout=10,
+        )  # fmt: skip
+        if int(time.time()) == window:
+            break
+    else:
+        pytest.skip("no burst of 4 submissions fitted in one second on this machine")
+    assert [a.status_code for a in bad] == [422] * 3
+    assert good.status_code == 429, good.text
 
 
 def test_auth_off_is_explicit_and_warned(stack: Stack) -> None:

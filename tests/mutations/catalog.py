@@ -232,10 +232,10 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(
                 "services/jobs/submission.py",
                 "    record = new_record(spec, job_id)\n"
-                "    store_and_send(store, celery, [record])\n",
+                "    store_and_send(store, celery, [record], rate)\n",
                 "    record = new_record(spec, job_id)\n"
                 '    __import__("threading").Timer(\n'
-                "        0.2, store_and_send, (store, celery, [record])\n"
+                "        0.2, store_and_send, (store, celery, [record], rate)\n"
                 "    ).start()\n",
             ),
         ),
@@ -476,12 +476,11 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "    pipe = api_context().store.redis.pipeline(transaction=False)\n"
                 "    pipe.incr(counter)\n"
                 "    pipe.expire(counter, 2)\n"
-                "    try:\n"
-                "        count, _ = pipe.execute()\n",
-                "    local = enforce_rate_limit.__dict__.setdefault('counts', {})\n"
+                "    count, _ = pipe.execute()\n"
+                "    return int(count)\n",
+                "    local = count_request.__dict__.setdefault('counts', {})\n"
                 "    local[counter] = local.get(counter, 0) + 1\n"
-                "    try:\n"
-                "        count = local[counter]\n",
+                "    return local[counter]\n",
             ),
         ),
         (f"{AUTH}::test_rate_limit_per_key_answers_429_with_retry_after",),
