@@ -24,7 +24,7 @@ from api.errors import Problem
 from services.core import redis_keys
 from services.core.api_keys import key_digest
 from services.core.redis_clients import storage_refusal
-from services.jobs.store import RateCount
+from services.jobs.store import RateCount, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,14 @@ SCOPE_OVERRIDES = {"jobs.cancel_job": "admin", "metrics.metrics": "metrics"}
 ADMIN_BLUEPRINTS = frozenset({"experiments"})
 # Submissions count against their key's rate limit in the script that stores their jobs
 # (services/jobs/create.lua), not in a round trip to Redis of their own: one round trip
-# a job instead of two, which is what a submission costs an API far from Redis. Not with
-# an Idempotency-Key, whose submission goes through scripts of its own.
+# a request instead of two, which is what a submission costs an API far from Redis. Not
+# with an Idempotency-Key, whose submission goes through scripts of its own.
 COUNTED_IN_THEIR_WRITE = frozenset({"jobs.create_job", "batch.create_batch"})
+# The counters (one a key and second) this process saw refuse a submission in its write.
+# For the rest of that second the key's submissions are counted and refused before their
+# body is read, as any other request is: else each refused batch would be validated and
+# sent to Redis whole, only to be turned away there.
+_over_limit: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,19 @@ def too_many_requests(client_name: str, limit: int) -> Problem:
 def count_in_write() -> RateCount | None:
     """The count a submission makes in the script that stores its jobs (None: none to
     make, or already made), taken by the write that makes it; a RateLimited from that
-    write is answered with `too_many_requests`."""
+    write is answered with `refused_in_write`."""
     return g.pop("rate_count", None)
+
+
+def refused_in_write(refusal: RateLimited) -> Problem:
+    """The 429 for a submission its write refused; the key's next submissions this
+    second are refused before any work (`_over_limit`)."""
+    second = int(time.time())
+    for counter, seen in list(_over_limit.items()):
+        if seen < second:
+            _over_limit.pop(counter, None)
+    _over_limit[refusal.rate.counter] = second
+    return too_many_requests(g.client_name, refusal.rate.limit)
 
 
 def install_auth(app: Flask) -> None:
@@ -183,17 +199,19 @@ def install_auth(app: Flask) -> None:
                 )
             g.client_name = key.name
         limit = settings.api_rate_limit
-        idempotent = "Idempotency-Key" in request.headers
-        if limit > 0 and endpoint in COUNTED_IN_THEIR_WRITE and not idempotent:
-            g.rate_count = rate_count(g.client_name, limit)
-            return
+        if limit > 0 and endpoint in COUNTED_IN_THEIR_WRITE and request.method == "POST":
+            count = rate_count(g.client_name, limit)
+            idempotent = "Idempotency-Key" in request.headers
+            if not idempotent and count.counter not in _over_limit:
+                g.rate_count = count
+                return
         enforce_rate_limit(g.client_name, limit)
 
     @app.teardown_request
     def _count_submissions_that_wrote_nothing(_exc: BaseException | None) -> None:
-        # A submission that never reached its write (a 400, a 422, Redis down) is counted
-        # now, so a stream of bad requests is held to the limit too; its own answer was
-        # not a 429, whatever the count.
+        # A submission that never reached its write (a 400, a 413, a 422, Redis down) is
+        # counted now, its answer made (not yet sent), so a stream of bad requests is held
+        # to the limit too; its own answer was not a 429, whatever the count.
         pending = count_in_write()
         if pending is None:
             return

@@ -5,8 +5,10 @@ turn. What the API spends accepting a job, and what counting it against its key 
     .venv/bin/python -m bench.api_accept               # 3 alternating pairs of 2,000 jobs
     .venv/bin/python -m bench.api_accept --reps 5 --jobs 5000
 
-Each setting runs in a process of its own (the settings are read once a process), one
-after the other, the first alternating; medians and every repetition are printed. Run it
+Each setting runs in a process of its own (the settings are read once a process), the
+two in turn, which goes first alternating from one repetition to the next; medians and
+every repetition are printed. The times are wall time in the app's process, Redis's part
+of each call included. Run it
 in a checkout before and after a change to the accepting path.
 """
 
@@ -16,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,13 +48,16 @@ def one_setting(redis_url: str, limit: int, jobs: int) -> float:
     app = create_app()
     body = json.dumps(JOB).encode()
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-    environ = EnvironBuilder(path="/jobs", method="POST", data=body, headers=headers)
-    template = environ.get_environ()
+    builder = EnvironBuilder(path="/jobs", method="POST", data=body, headers=headers)
+    template = builder.get_environ()
+    builder.close()
 
     def submit() -> None:
         statuses: list[str] = []
         wsgi = {**template, "wsgi.input": io.BytesIO(body)}
-        b"".join(app.wsgi_app(wsgi, lambda status, *_: statuses.append(status)))
+        answer = app.wsgi_app(wsgi, lambda status, *_: statuses.append(status))
+        b"".join(answer)
+        answer.close()
         if not statuses[0].startswith("202"):
             raise RuntimeError(f"POST /jobs answered {statuses[0]}")
 
@@ -72,7 +78,8 @@ def main() -> None:
     if args.one:
         print(one_setting(args.one[0], int(args.one[1]), args.jobs))
         return
-    server = RedisServer(Path(tempfile.mkdtemp(prefix="jobrunner-api-accept-"))).start()
+    folder = Path(tempfile.mkdtemp(prefix="jobrunner-api-accept-"))
+    server = RedisServer(folder).start()
     settings = {"rate limit off": 0, "rate limit on": LIMIT_ON}
     times: dict[str, list[float]] = {name: [] for name in settings}
     try:
@@ -86,6 +93,7 @@ def main() -> None:
                 print(f"rep {rep + 1} {name}: {times[name][-1]:.3f} ms a POST /jobs", flush=True)
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
     for name, values in times.items():
         print(f"{name}: median {statistics.median(values):.3f} ms a POST /jobs "
               f"({', '.join(f'{v:.3f}' for v in values)})")  # fmt: skip

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, request
 from spectree import Response as SpecResponse
 
-from api.auth import count_in_write, too_many_requests
+from api.auth import count_in_write, refused_in_write
 from api.context import api_context
 from api.errors import broker_problem, problem_responses
 from api.models import BatchAccepted, BatchSubmission
@@ -38,8 +38,8 @@ def create_batch() -> Response:
     ctx = api_context()
     try:
         records = submit_jobs(ctx.store, ctx.celery, specs, rate=count_in_write())
-    except RateLimited as exc:
-        raise too_many_requests(g.client_name, exc.rate.limit) from None
+    except RateLimited as refusal:
+        raise refused_in_write(refusal) from None
     except BrokerUnavailable as exc:
         raise broker_problem(exc) from None
     return json_response(BatchAccepted(jobs=records), 202)

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, g, request
 from pydantic import ValidationError
 from spectree import Response as SpecResponse
 
-from api.auth import count_in_write, too_many_requests
+from api.auth import count_in_write, refused_in_write
 from api.context import api_context
 from api.errors import Problem, broker_problem, found, problem_responses, validation_problem
 from api.models import JobListQuery, JobPage, JobSubmission
@@ -50,8 +50,8 @@ def create_job() -> Response:
             )
         else:
             record = submit_job(ctx.store, ctx.celery, job_spec, rate=count_in_write())
-    except RateLimited as exc:
-        raise too_many_requests(g.client_name, exc.rate.limit) from None
+    except RateLimited as refusal:
+        raise refused_in_write(refusal) from None
     except IdempotencyConflict:
         raise field_problem(
             "Idempotency-Key", "already used with a different request body"

@@ -18,6 +18,7 @@ import requests.adapters
 
 from api.routes.delay import LAB_DELAY_SLOTS, LAB_DELAY_SLOTS_PER_CLIENT
 from services.core import redis_keys
+from services.core.redis_clients import redis_client
 from services.devstack.redis_server import free_port
 from tests.stack import Stack, bearer
 
@@ -165,45 +166,56 @@ def test_a_submission_is_counted_in_the_script_that_stores_it(
     stack: Stack, limited_apis: list[str]
 ) -> None:
     """One round trip to Redis a submission, not two: its count against the key's limit
-    is made inside create.lua (MONITOR names a script's commands' client "lua"), and a
-    submission past the limit is refused there, with nothing stored."""
-    client = stack.redis()
-    client.connection_pool.connection_kwargs["socket_timeout"] = 10
-    job = {"workload": "noop", "params": {"value": 1}, "pool": "threads"}
+    is made inside create.lua (MONITOR names a script's commands' client "lua"); one past
+    the limit is refused there with nothing stored, and the key's next submissions that
+    second are refused before any work (an invalid one gets its 429, not a 422)."""
+    assert stack.redis_url is not None
+    client = redis_client(stack.redis_url, timeout=10, settings=stack.settings())
+    one = {"workload": "noop", "params": {"value": 1}, "pool": "threads"}
     with client.monitor() as monitor:
         answer = requests.post(
-            f"{limited_apis[0]}/jobs", json=job, headers=bearer("submitter"), timeout=10
+            f"{limited_apis[0]}/jobs", json=one, headers=bearer("submitter"), timeout=10
         )
         assert answer.status_code == 202, answer.text
-        counts = []
-        while not any(c["command"].startswith("LPUSH") for c in counts):
+        job_id, seen = answer.json()["id"], []
+        while True:  # up to the script's push of this job's message
             command = monitor.next_command()
-            if command["command"].split(" ", 1)[0] in ("INCR", "INCRBY", "LPUSH", "EVALSHA"):
-                counts.append(command)
-    # Any increment of the key's counter (redis-py's incr sends INCRBY).
-    incr = [c for c in counts if c["command"].startswith("INCR") and ":rate:" in c["command"]]
-    assert [c["client_type"] for c in incr] == ["lua"], counts
-    assert ":rate:submitter:" in incr[0]["command"], incr
+            name = command["command"].split(" ", 1)[0]
+            if name in ("INCR", "INCRBY") and ":rate:" in command["command"]:
+                seen.append(command)  # redis-py's incr sends INCRBY
+            if name == "LPUSH" and command["client_type"] == "lua" and job_id in command["command"]:
+                break
+    assert [c["client_type"] for c in seen] == ["lua"], seen
+    assert ":rate:submitter:" in seen[0]["command"], seen
 
+    # Single jobs and batches of two, to the two API processes in turn.
+    sent = [{"jobs": [one, one]} if i % 3 == 1 else one for i in range(6)]
     for _ in range(3):
         time.sleep(1 - time.time() % 1)  # a burst inside one counting window
         window = int(time.time())
         before = client.zcard(redis_keys.job_index())
         answers = [
-            requests.post(f"{limited_apis[i % 2]}/jobs", json=job, headers=bearer("submitter"),
-                          timeout=10)
-            for i in range(6)
+            requests.post(f"{limited_apis[i % 2]}/jobs{'/batch' if 'jobs' in body else ''}",
+                          json=body, headers=bearer("submitter"), timeout=10)
+            for i, body in enumerate(sent)
         ]  # fmt: skip
+        invalid = requests.post(
+            f"{limited_apis[0]}/jobs", json={"workload": "nope"}, headers=bearer("submitter"),
+            timeout=10,
+        )  # fmt: skip
         if int(time.time()) == window:
             break
     else:
-        pytest.skip("no burst of 6 submissions fitted in one second on this machine")
+        pytest.skip("no burst of 7 submissions fitted in one second on this machine")
     codes = [a.status_code for a in answers]
-    assert codes.count(202) == 3 and codes.count(429) == 3, codes  # one count for both APIs
-    assert client.zcard(redis_keys.job_index()) - before == 3, "a refused submission stored a job"
-    refused = next(a for a in answers if a.status_code == 429)
+    assert codes == [202] * 3 + [429] * 3, codes  # one count for both APIs
+    stored = sum(len(body.get("jobs", [body])) for body in sent[:3])
+    assert client.zcard(redis_keys.job_index()) - before == stored, "a refusal stored a job"
+    refused = answers[-1]
     assert refused.headers["Retry-After"] == "1"
     assert refused.headers["Content-Type"] == "application/problem+json"
+    assert invalid.status_code == 429, invalid.text  # refused before it was validated
+    client.close()
 
 
 def test_a_submission_that_stores_nothing_still_counts(limited_apis: list[str]) -> None:

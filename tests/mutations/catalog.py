@@ -486,6 +486,44 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{AUTH}::test_rate_limit_per_key_answers_429_with_retry_after",),
     ),
     Mutation(
+        "rate-limit-not-refused-in-write",
+        "Rate limit per API key",
+        "a submission counted in its write past its key's limit is stored all the same",
+        (
+            Edit(
+                "services/jobs/create.lua",
+                "  if counted > limit then return -counted end\n",
+                "  if false then return -counted end\n",
+            ),
+        ),
+        (f"{AUTH}::test_a_submission_is_counted_in_the_script_that_stores_it",),
+    ),
+    Mutation(
+        "rate-limit-refusals-do-the-work",
+        "Rate limit per API key",
+        "after a refusal in its write, the key's submissions that second are still validated "
+        "and sent to Redis before being refused",
+        (
+            Edit(
+                "api/auth.py",
+                "            if not idempotent and count.counter not in _over_limit:\n",
+                "            if not idempotent:\n",
+            ),
+        ),
+        (f"{AUTH}::test_a_submission_is_counted_in_the_script_that_stores_it",),
+    ),
+    Mutation(
+        "rate-limit-bad-submissions-free",
+        "Rate limit per API key",
+        "a submission refused before its write (a 422) is never counted",
+        (
+            Edit(
+                "api/auth.py", "            count_request(pending.counter)\n", "            pass\n"
+            ),
+        ),
+        (f"{AUTH}::test_a_submission_that_stores_nothing_still_counts",),
+    ),
+    Mutation(
         "auth-off-ignored",
         "JOBRUNNER_AUTH=off",
         "JOBRUNNER_AUTH=off is warned about, but every request still needs a key",
