@@ -8,9 +8,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -22,6 +22,7 @@ from services.core.redis_clients import redis_client
 from services.devstack.redis_server import free_port
 from tests.stack import Stack, bearer
 
+T = TypeVar("T")
 PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json", "/lab/delay"}
 
 
@@ -136,21 +137,25 @@ def limited_apis(stack: Stack) -> Iterator[list[str]]:
             process.wait(timeout=20)
 
 
+def in_one_second(what: str, burst: Callable[[], T]) -> T:
+    """`burst()`'s answer, sent from the start of a second so that it falls in one
+    counting window of the rate limit; skipped if three tries all spill into the next."""
+    for _ in range(3):
+        time.sleep(1 - time.time() % 1)
+        window = int(time.time())
+        answer = burst()
+        if int(time.time()) == window:
+            return answer
+    pytest.skip(f"no burst of {what} fitted in one second on this machine")
+
+
 def test_rate_limit_per_key_answers_429_with_retry_after(limited_apis: list[str]) -> None:
     """At most 3 requests a second per key, counted in Redis: requests sent to two API
     processes in turn share one count (counted in each process, 6 would pass)."""
-    for _ in range(3):
-        # Aligned to the start of a second, so the burst falls in one counting window.
-        time.sleep(1 - time.time() % 1)
-        window = int(time.time())
-        answers = [
-            requests.get(f"{limited_apis[i % 2]}/workloads", headers=bearer("reader"), timeout=10)
-            for i in range(8)
-        ]
-        if int(time.time()) == window:
-            break
-    else:
-        pytest.skip("no burst of 8 requests fitted in one second on this machine")
+    answers = in_one_second("8 requests", lambda: [
+        requests.get(f"{limited_apis[i % 2]}/workloads", headers=bearer("reader"), timeout=10)
+        for i in range(8)
+    ])  # fmt: skip
     codes = [a.status_code for a in answers]
     assert codes.count(200) >= 1 and 429 in codes, codes
     assert codes.count(200) <= 3, codes  # one count for both processes
@@ -190,9 +195,8 @@ def test_a_submission_is_counted_in_the_script_that_stores_it(
 
     # Single jobs and batches of two, to the two API processes in turn.
     sent = [{"jobs": [one, one]} if i % 3 == 1 else one for i in range(6)]
-    for _ in range(3):
-        time.sleep(1 - time.time() % 1)  # a burst inside one counting window
-        window = int(time.time())
+
+    def burst() -> tuple[int, list[requests.Response], requests.Response]:
         before = client.zcard(redis_keys.job_index())
         answers = [
             requests.post(f"{limited_apis[i % 2]}/jobs{'/batch' if 'jobs' in body else ''}",
@@ -203,10 +207,9 @@ def test_a_submission_is_counted_in_the_script_that_stores_it(
             f"{limited_apis[0]}/jobs", json={"workload": "nope"}, headers=bearer("submitter"),
             timeout=10,
         )  # fmt: skip
-        if int(time.time()) == window:
-            break
-    else:
-        pytest.skip("no burst of 7 submissions fitted in one second on this machine")
+        return before, answers, invalid
+
+    before, answers, invalid = in_one_second("7 submissions", burst)
     codes = [a.status_code for a in answers]
     assert codes == [202] * 3 + [429] * 3, codes  # one count for both APIs
     stored = sum(len(body.get("jobs", [body])) for body in sent[:3])
@@ -221,9 +224,8 @@ def test_a_submission_is_counted_in_the_script_that_stores_it(
 def test_a_submission_that_stores_nothing_still_counts(limited_apis: list[str]) -> None:
     """Counted in its write, a submission refused before it (a 422) is counted after:
     invalid requests are held to the limit too."""
-    for _ in range(3):
-        time.sleep(1 - time.time() % 1)
-        window = int(time.time())
+
+    def burst() -> tuple[list[requests.Response], requests.Response]:
         bad = [
             requests.post(f"{limited_apis[0]}/jobs", json={"workload": "nope"},
                           headers=bearer("submitter"), timeout=10)
@@ -233,10 +235,9 @@ def test_a_submission_that_stores_nothing_still_counts(limited_apis: list[str]) 
             f"{limited_apis[1]}/jobs", json={"workload": "noop"}, headers=bearer("submitter"),
             timeout=10,
         )  # fmt: skip
-        if int(time.time()) == window:
-            break
-    else:
-        pytest.skip("no burst of 4 submissions fitted in one second on this machine")
+        return bad, good
+
+    bad, good = in_one_second("4 submissions", burst)
     assert [a.status_code for a in bad] == [422] * 3
     assert good.status_code == 429, good.text
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -17,56 +18,23 @@ from services.client.session import ExpiringSession
 from services.client.transport import Transport
 
 
+@dataclass(frozen=True)
+class Seen:
+    port: int  # the client's: its connection
+    target: str  # the request line's, absolute when it came to the server as a proxy
+    authorization: str | None
+
+
 class Recorder(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    peers: ClassVar[list[int]] = []
-
-    def do_GET(self) -> None:
-        Recorder.peers.append(self.client_address[1])  # the client's port: its connection
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def server() -> Iterator[str]:
-    Recorder.peers = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def test_a_connection_is_reused_while_fresh_and_dropped_once_idle_too_long(server: str) -> None:
-    session = ExpiringSession(idle_seconds=0.3)
-    for _ in range(3):
-        assert session.get(server, timeout=5).status_code == 200
-    time.sleep(0.5)
-    assert session.get(server, timeout=5).status_code == 200
-    assert session.get(server, timeout=5).status_code == 200
-    first, second, third, after_idle, next_one = Recorder.peers
-    assert first == second == third, "calls in quick succession share one connection"
-    assert after_idle != third, "a connection idle past the limit was reused"
-    assert next_one == after_idle, "the new connection is kept alive in turn"
-
-
-class Seen(BaseHTTPRequestHandler):
-    """Answers 200 to any GET and records its request line's target (absolute when the
-    request came to it as a proxy) and its Authorization header."""
+    """Answers 200 to any GET, keeping the connection alive, and records what it saw."""
 
     protocol_version = "HTTP/1.1"
-    requests: ClassVar[list[tuple[str, str | None]]] = []
+    seen: ClassVar[list[Seen]] = []
 
     def do_GET(self) -> None:
-        Seen.requests.append((self.path, self.headers.get("Authorization")))
+        Recorder.seen.append(
+            Seen(self.client_address[1], self.path, self.headers.get("Authorization"))
+        )
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -77,15 +45,28 @@ class Seen(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def seen() -> Iterator[str]:
-    Seen.requests = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Seen)
+def server() -> Iterator[str]:
+    Recorder.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_connection_is_reused_while_fresh_and_dropped_once_idle_too_long(server: str) -> None:
+    session = ExpiringSession(idle_seconds=0.3)
+    for _ in range(3):
+        assert session.get(f"{server}/", timeout=5).status_code == 200
+    time.sleep(0.5)
+    assert session.get(f"{server}/", timeout=5).status_code == 200
+    assert session.get(f"{server}/", timeout=5).status_code == 200
+    first, second, third, after_idle, next_one = (seen.port for seen in Recorder.seen)
+    assert first == second == third, "calls in quick succession share one connection"
+    assert after_idle != third, "a connection idle past the limit was reused"
+    assert next_one == after_idle, "the new connection is kept alive in turn"
 
 
 @pytest.fixture
@@ -100,24 +81,24 @@ def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_the_proxy_the_environment_names_is_used_as_it_was_when_the_client_was_made(
-    seen: str, no_proxy_settings: pytest.MonkeyPatch
+    server: str, no_proxy_settings: pytest.MonkeyPatch
 ) -> None:
     env = no_proxy_settings
-    env.setenv("HTTP_PROXY", seen)  # the recorder stands in for a proxy
+    env.setenv("HTTP_PROXY", server)  # the recorder stands in for a proxy
     transport = Transport("http://api.invalid:8000", "k", timeout=5, retry_for=0)
     transport.request("GET", "/jobs")
     env.delenv("HTTP_PROXY")  # read once: the client keeps its proxy
     transport.request("GET", "/jobs")
     transport.close()
-    assert [target for target, _ in Seen.requests] == ["http://api.invalid:8000/jobs"] * 2
+    assert [seen.target for seen in Recorder.seen] == ["http://api.invalid:8000/jobs"] * 2
 
-    env.setenv("HTTP_PROXY", seen)
+    env.setenv("HTTP_PROXY", server)
     env.setenv("NO_PROXY", "127.0.0.1")  # a host NO_PROXY names is reached directly
-    Seen.requests = []
-    direct = Transport(seen, "k", timeout=5, retry_for=0)
+    Recorder.seen = []
+    direct = Transport(server, "k", timeout=5, retry_for=0)
     direct.request("GET", "/jobs")
     direct.close()
-    assert [target for target, _ in Seen.requests] == ["/jobs"]
+    assert [seen.target for seen in Recorder.seen] == ["/jobs"]
 
 
 def test_the_ca_bundle_the_environment_names_is_kept_and_never_looked_up_again(
@@ -131,20 +112,20 @@ def test_the_ca_bundle_the_environment_names_is_kept_and_never_looked_up_again(
 
 
 def test_a_netrc_entry_for_the_api_host_does_not_replace_the_clients_key(
-    seen: str, no_proxy_settings: pytest.MonkeyPatch, tmp_path: Path
+    server: str, no_proxy_settings: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login someone password secret\n")
     netrc.chmod(0o600)
     no_proxy_settings.setenv("NETRC", str(netrc))
-    with_key, without_key = (Transport(seen, key, timeout=5, retry_for=0) for key in ("k", None))
+    with_key, without_key = (Transport(server, key, timeout=5, retry_for=0) for key in ("k", None))
     with_key.request("GET", "/jobs")
     without_key.request("GET", "/jobs")
     # Only to the API's own URL: the session's other requests carry no netrc login.
-    without_key.session.get(f"{seen}/elsewhere", timeout=5)
+    without_key.session.get(f"{server}/elsewhere", timeout=5)
     for transport in (with_key, without_key):
         transport.close()
-    (_, keyed), (_, by_netrc), (_, elsewhere) = Seen.requests
+    keyed, by_netrc, elsewhere = (seen.authorization for seen in Recorder.seen)
     assert keyed == "Bearer k"
     assert by_netrc is not None and by_netrc.startswith("Basic "), "netrc still applies"
     assert elsewhere is None
