@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -72,6 +74,10 @@ def main() -> None:
         "--peers", default="", help="comma separated peers for the peers' steps (default: all)"
     )
     args = parser.parse_args()
+    # `kill` stops the bench as Ctrl-C does, each step's `finally` stopping what it
+    # started. Killed outright, the peers' workers' own children (dramatiq's worker
+    # processes) outlived it: only the processes the bench starts die with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     peer_steps.choose(args.peers)
     workdir = Path(tempfile.mkdtemp(prefix="jobrunner-bench-"))
     # No per-key rate limit: the bench measures the API, not the limiter's refusals.
