@@ -113,21 +113,19 @@ def rate_count(client_name: str, limit: int) -> RateCount:
     return RateCount(redis_keys.rate_window(client_name, int(time.time())), limit)
 
 
-def enforce_rate_limit(client_name: str, limit: int) -> None:
-    """At most `limit` requests per second per key, counted in Redis so every API
+def enforce_rate_limit(client_name: str, rate: RateCount) -> None:
+    """At most `rate.limit` requests per second per key, counted in Redis so every API
     process shares the count."""
-    if limit <= 0:
-        return
     try:
-        count = count_request(rate_count(client_name, limit).counter)
+        count = count_request(rate.counter)
     except redis.ResponseError as exc:
         if storage_refusal(exc) is None:
             raise
         # Redis is full: the request cannot be counted. Reads must go on (a client
         # watching its jobs), and every write is refused by Redis itself (a 507).
         return
-    if count > limit:
-        raise too_many_requests(client_name, limit)
+    if count > rate.limit:
+        raise too_many_requests(client_name, rate.limit)
 
 
 def count_request(counter: str) -> int:
@@ -198,14 +196,15 @@ def install_auth(app: Flask) -> None:
                     403, "Forbidden", f"key {key.name!r} lacks the {scope!r} scope this needs"
                 )
             g.client_name = key.name
-        limit = settings.api_rate_limit
-        if limit > 0 and endpoint in COUNTED_IN_THEIR_WRITE and request.method == "POST":
-            count = rate_count(g.client_name, limit)
+        if settings.api_rate_limit <= 0:
+            return
+        count = rate_count(g.client_name, settings.api_rate_limit)
+        if endpoint in COUNTED_IN_THEIR_WRITE and request.method == "POST":
             idempotent = "Idempotency-Key" in request.headers
             if not idempotent and count.counter not in _over_limit:
                 g.rate_count = count
                 return
-        enforce_rate_limit(g.client_name, limit)
+        enforce_rate_limit(g.client_name, count)
 
     @app.teardown_request
     def _count_submissions_that_wrote_nothing(_exc: BaseException | None) -> None:
