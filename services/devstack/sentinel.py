@@ -11,11 +11,13 @@ node is the primary is always asked of the sentinels.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +28,11 @@ from services.devstack.redis_server import RedisServer, free_port, redis_server_
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
+# "01 Dec 2026 05:08:36.811 # +switch-master <name> <old ip> <old port> <new ip> <new
+# port>", as a sentinel logs a failover.
+_SWITCH_MASTER = re.compile(
+    r"(?P<at>\d\d \w{3} \d{4} [\d:.]+) # \+switch-master \S+ \S+ (?P<old>\d+) \S+ (?P<new>\d+)"
+)
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.05) -> T:
@@ -198,6 +205,20 @@ class SentinelGroup:
                 continue
         best = max(set(ports), key=ports.count, default=None)
         return best if best is not None and ports.count(best) > len(self.sentinels) // 2 else None
+
+    def failovers(self) -> list[tuple[int, int]]:
+        """Each failover the sentinels made, oldest first, as (old port, new port): from
+        the `+switch-master` lines of their logs, which every sentinel writes once it
+        takes the new configuration; a failover is listed once, at its first line."""
+        first_seen: dict[tuple[int, int], datetime] = {}
+        for sentinel in self.sentinels:
+            log = sentinel.folder / "sentinel.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            for match in _SWITCH_MASTER.finditer(text):
+                switch = (int(match["old"]), int(match["new"]))
+                at = datetime.strptime(match["at"], "%d %b %Y %H:%M:%S.%f")
+                first_seen[switch] = min(at, first_seen.get(switch, at))
+        return sorted(first_seen, key=first_seen.__getitem__)
 
     def server_on(self, port: int) -> RedisServer:
         return next(server for server in self.servers if server.port == port)
