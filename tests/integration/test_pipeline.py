@@ -164,6 +164,16 @@ def claimed_job(store: JobStore, server: RedisServer) -> JobRecord:
     return moved.record
 
 
+def taken_over(record: JobRecord, store: JobStore) -> JobRecord:
+    """`record`, claimed, after its lease lapsed and another attempt claimed the job: the
+    record as its first attempt knows it."""
+    store.set_fields(record.id, {"lease_until": store.now() - 1})
+    assert store.transition(
+        record.id, {JobState.running}, JobState.running, count_attempt=True, lease_seconds=30
+    ).moved
+    return record
+
+
 def test_a_job_that_waited_in_its_worker_is_checked_before_it_starts(
     server: RedisServer,
 ) -> None:
@@ -185,15 +195,40 @@ def test_a_job_that_waited_in_its_worker_is_checked_before_it_starts(
 
     # Taken over meanwhile (its lease lapsed, another attempt claimed it), or cancelled:
     # not run.
-    taken = claimed_job(store, server)
-    store.set_fields(taken.id, {"lease_until": store.now() - 1})
-    assert store.transition(
-        taken.id, {JobState.running}, JobState.running, count_attempt=True, lease_seconds=30
-    ).moved
+    taken = taken_over(claimed_job(store, server), store)
     assert lease_after_wait(store, taken, time.monotonic() - 5, renew_every, lease) is None
     ended = claimed_job(store, server)
     assert store.transition(ended.id, {JobState.running}, JobState.cancelled).moved
     assert lease_after_wait(store, ended, time.monotonic() - 5, renew_every, lease) is None
+
+
+def test_a_run_claimed_on_the_take_that_waited_starts_only_if_its_job_is_still_held(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check above, where a pool process calls it (worker/tasks.py,
+    run_claimed_on_take): a job that waited in its worker past a renewal runs if its
+    attempt still holds it, and not at all once another attempt took it over."""
+    from worker import pipeline, tasks  # a worker's modules: the Celery app, the catalog
+
+    store = job_store(server)
+    # The pool process's lease keeper and outcome writer, on this test's Redis.
+    monkeypatch.setattr(tasks, "leases", tasks.LeaseKeeper(lambda: store, 30.0))
+    long_ago = time.monotonic() - 10 * tasks.leases.renew_every
+    try:
+        still_held = claimed_job(store, server)
+        tasks.run_claimed_on_take(tasks.run_job, store, still_held, long_ago)
+        pipeline.outcomes.drain(timeout=10)
+        assert store.get(still_held.id).state == JobState.succeeded
+
+        taken = taken_over(claimed_job(store, server), store)
+        tasks.run_claimed_on_take(tasks.run_job, store, taken, long_ago)
+        pipeline.outcomes.drain(timeout=10)
+        # Not run: had it run, its outcome would have been written and refused (its fence
+        # is the attempt that lost the job), and counted.
+        after = store.get(taken.id)
+        assert (after.state, after.attempts, after.refused_writes) == (JobState.running, 2, 0)
+    finally:
+        tasks.leases.stop()
 
 
 def outcome_of(store: JobStore, record: JobRecord, answers: list) -> Outcome:

@@ -140,6 +140,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         fast=True,
     ),
     Mutation(
+        "pipeline-wait-check-not-called",
+        "One recorded outcome, from one run",
+        "a pool process starts a job claimed on the take without the check of a job that "
+        "waited in its worker (the check itself kept)",
+        (
+            Edit(
+                "worker/tasks.py",
+                "held_since = patiently(lambda: lease_after_wait(",
+                "held_since = claimed_at or patiently(lambda: lease_after_wait(",
+            ),
+        ),
+        (
+            "tests/integration/test_pipeline.py"
+            "::test_a_run_claimed_on_the_take_that_waited_starts_only_if_its_job_is_still_held",
+        ),
+    ),
+    Mutation(
         "batched-moves-index-each-move",
         "A listing by state shows each job once, under its state",
         "moves sent in one call each move their job's index entry (a job that moved twice "
