@@ -33,8 +33,9 @@ from tests.stack import FINAL, Stack, bearer
 # Sentinel's down-after-milliseconds and failover-timeout: together they bound how long
 # there is no primary (the election happens between them). Short, as a test wants; a
 # production group keeps its own (docs/high-availability.md). Not shorter: at 1 s, on a
-# shared two-core machine running the rest of the suite beside this test, the new
-# primary once went unheard for a second and the sentinels failed over a second time.
+# shared two-core machine running the rest of the suite beside this test, a run ended
+# with the primary just elected demoted to a replica, which is what a second failover
+# does to a new primary unheard for down-after (a SIGSTOP of 3 s shows it).
 DOWN_AFTER_MS = 2_500
 FAILOVER_TIMEOUT_MS = 3_000
 # How long the API may answer 503 after the kill, as a multiple of those two.
