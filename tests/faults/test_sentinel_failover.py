@@ -216,6 +216,7 @@ def test_failover_under_load_loses_no_accepted_job(ha_stack: Stack, group: Senti
     after = [stack.submit("noop", {"value": pool}, pool=pool)["id"] for pool in POOLS]
     records = stack.wait_for([*load.accepted, *after], timeout=90)
     assert {r["state"] for r in records} == {"succeeded"}, {r["state"] for r in records}
+    assert group.failovers() == [(old.port, new.port)], group.failovers()  # still one
 
     # Each worker lost its broker connection and made a new one, on our transport: on a
     # connection error kombu may move to an alternate URL with its own transport, and

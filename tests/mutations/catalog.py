@@ -155,6 +155,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/integration/test_pipeline.py"
             "::test_a_run_claimed_on_the_take_that_waited_starts_only_if_its_job_is_still_held",
         ),
+        fast=True,
     ),
     Mutation(
         "batched-moves-index-each-move",
